@@ -1,0 +1,117 @@
+"""Building blocks of the ``"cascaded"`` layout (SPEC.md section 3).
+
+Every module works on a token grid ``[batch, h, w, channels]``; attention
+flattens it to ``[batch, h*w, channels]`` by a free reshape.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from efficientvit_jax.attention import CascadedGroupAttention
+from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d, drop_path
+
+# LayerNorm as Edifice and PyTorch define it: eps 1e-5 (Flax's default is 1e-6)
+# and the two-pass variance (Flax's fast E[x^2]-E[x]^2 loses digits).
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+
+
+class DepthwiseConv(nn.Module):
+    """``kernel_size`` x ``kernel_size`` depthwise conv with bias on an NHWC grid.
+
+    Parameters ``kernel`` ``[k, k, 1, C]`` and ``bias`` ``[C]`` have the names
+    and shapes of ``nn.Conv(C, (k, k), feature_group_count=C)``.
+    """
+
+    kernel_size: int = 3
+    stride: int = 1
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    impl: DWConvImpl = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, 1, c), self.param_dtype
+        )
+        y = depthwise_conv2d(
+            x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride, impl=self.impl
+        )
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class PatchMerging(nn.Module):
+    """Halve the grid: pad bottom/right to even, concatenate each 2x2 cell, LayerNorm, Dense.
+
+    The 2x2 cell is flattened row-major as ``(dy, dx, channel)``.
+    """
+
+    out_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        x = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4 * c)
+        x = LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
+        return nn.Dense(
+            self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="reduction"
+        )(x)
+
+
+class ConvFFN(nn.Module):
+    """Dense up, 3x3 depthwise conv over the grid, exact GELU, Dense down."""
+
+    hidden_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = dense(self.hidden_dim, name="fc1")(x)
+        x = DepthwiseConv(3, dtype=self.dtype, param_dtype=self.param_dtype, name="dwconv")(x)
+        x = nn.gelu(x, approximate=False)
+        return dense(dim, name="fc2")(x)
+
+
+class CascadedBlock(nn.Module):
+    """Pre-norm block: ``x + CGA(LN(x))`` then ``x + FFN(LN(x))``, with stochastic depth."""
+
+    num_heads: int
+    hidden_dim: int
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        b, h, w, c = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        active = train and self.drop_path_rate > 0
+
+        def residual(x: jax.Array, y: jax.Array) -> jax.Array:
+            rng = self.make_rng("dropout") if active else None
+            return x + drop_path(y, self.drop_path_rate, rng, deterministic=not active)
+
+        y = LayerNorm(name="norm1", **kw)(x)
+        y = CascadedGroupAttention(self.num_heads, name="attn", **kw)(y.reshape(b, h * w, c))
+        x = residual(x, y.reshape(b, h, w, c))
+        y = LayerNorm(name="norm2", **kw)(x)
+        y = ConvFFN(self.hidden_dim, name="ffn", **kw)(y)
+        return residual(x, y)

@@ -1,0 +1,145 @@
+"""Hot primitives shared by every model in the package.
+
+Pure functions on arrays, no modules: a depthwise convolution that is fast on
+CPU, the patch extraction of Edifice, and stochastic depth. Everything above
+this file (attention, layers, the model zoo) builds on these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Padding = int | tuple[tuple[int, int], tuple[int, int]]
+DWConvImpl = Literal["auto", "shifted", "xla"]
+
+
+def _pad_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    (pt, pb), (pl, pr) = padding
+    return ((int(pt), int(pb)), (int(pl), int(pr)))
+
+
+def resolve_dwconv_impl(impl: DWConvImpl) -> Literal["shifted", "xla"]:
+    """Pick the depthwise-conv implementation for the current backend.
+
+    XLA's grouped convolution is the right kernel on GPU and TPU, but on CPU
+    it is 20x slower than a sum of shifted slices (see PERF-NOTES.md), so
+    ``"auto"`` picks by backend at trace time.
+    """
+    if impl == "auto":
+        return "shifted" if jax.default_backend() == "cpu" else "xla"
+    if impl not in ("shifted", "xla"):
+        raise ValueError(f"dwconv impl must be 'auto', 'shifted' or 'xla', got {impl!r}")
+    return impl
+
+
+def depthwise_conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    stride: int = 1,
+    padding: Padding | None = None,
+    impl: DWConvImpl = "auto",
+) -> jax.Array:
+    """Depthwise 2-D convolution of an NHWC tensor (cross-correlation, as PyTorch and XLA).
+
+    Args:
+      x: ``[batch, H, W, C]``.
+      kernel: ``[kh, kw, 1, C]``, the layout of ``flax.linen.Conv`` with
+        ``feature_group_count=C``, so parameters are interchangeable with it.
+      stride: the same stride along both spatial axes.
+      padding: zero padding, an int for all four sides or
+        ``((top, bottom), (left, right))``. Defaults to PyTorch's ``k // 2``
+        on every side, which for odd kernels keeps the size at stride 1.
+        Explicit pairs are how a strided conv pads like PyTorch (XLA's
+        ``"SAME"`` puts the extra row at the bottom, PyTorch on both sides).
+      impl: ``"shifted"`` (a sum of kh*kw strided slices, fast on CPU),
+        ``"xla"`` (``lax.conv_general_dilated`` with one group per channel)
+        or ``"auto"`` (by backend).
+
+    Returns:
+      ``[batch, H_out, W_out, C]`` in the promoted dtype of ``x`` and ``kernel``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"depthwise_conv2d expects x of shape [B, H, W, C], got {x.shape}")
+    kh, kw, one, c = kernel.shape
+    if one != 1 or c != x.shape[-1]:
+        raise ValueError(
+            f"depthwise_conv2d expects kernel [kh, kw, 1, {x.shape[-1]}], got {kernel.shape}"
+        )
+    pads = _pad_pairs((kh // 2) if padding is None else padding)
+    dtype = jnp.result_type(x, kernel)
+    x = x.astype(dtype)
+    kernel = kernel.astype(dtype)
+    if resolve_dwconv_impl(impl) == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(stride, stride),
+            padding=pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=c,
+        )
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    b, hp, wp, _ = xp.shape
+    ho = (hp - kh) // stride + 1
+    wo = (wp - kw) // stride + 1
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"depthwise_conv2d: kernel {kh}x{kw} does not fit the padded input {hp}x{wp}"
+        )
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, stride, stride, 1),
+            )
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def patchify(x: jax.Array, patch_size: int, data_format: str) -> jax.Array:
+    """Cut non-overlapping patches, Edifice's way, into a token grid.
+
+    Returns ``[batch, H/P, W/P, C*P*P]`` with each patch flattened
+    channel-major ``(c, py, px)``, exactly the order of Edifice's
+    ``reshape(B, C, H/P, P, W/P, P).transpose(0, 2, 4, 1, 3, 5)``. NHWC input
+    gives the same tokens as its NCHW transpose. This order is also the
+    flattening of a PyTorch ``[out, C, P, P]`` conv kernel, so a stride-P conv
+    converts to the Dense that follows by a plain reshape.
+    """
+    p = patch_size
+    if data_format == "NCHW":
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
+    else:
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, h // p, w // p, c * p * p)
+
+
+def drop_path(
+    x: jax.Array, rate: float, rng: jax.Array | None, *, deterministic: bool
+) -> jax.Array:
+    """Stochastic depth: drop the whole residual branch per sample, rescale the rest.
+
+    Identity when ``deterministic`` or ``rate == 0``. Each sample of the batch
+    (leading axis) keeps its branch with probability ``1 - rate``; kept
+    branches are divided by ``1 - rate`` so the expectation is unchanged.
+    """
+    if deterministic or rate == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("drop_path needs an rng when active (train=True, rate > 0)")
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
