@@ -1,0 +1,134 @@
+"""Reading timm checkpoints and turning PyTorch tensors into Flax variables.
+
+The pieces every family's conversion table uses: a safe loader (safetensors,
+or ``torch.load(weights_only=True)``; never a plain pickle), the layout
+changes between PyTorch and Flax kernels, and a report that collects every
+missing, unexpected or mis-shaped tensor before raising once.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+StateDict = Mapping[str, Any]
+
+
+def to_numpy(t: Any) -> np.ndarray:
+    """A torch tensor (any device, any grad state) or array as a NumPy array."""
+    if hasattr(t, "detach"):
+        t = t.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        t = t.numpy()
+    return np.asarray(t)
+
+
+def load_state_dict(source: str | os.PathLike | StateDict) -> dict[str, np.ndarray]:
+    """A timm state dict as ``{name: np.ndarray}``.
+
+    ``source`` is a mapping of tensors, a ``.safetensors`` file, or a PyTorch
+    file saved with ``torch.save`` (zip format), read with
+    ``weights_only=True``. Anything else, a plain pickle in particular, is
+    refused: unpickling runs arbitrary code.
+    """
+    if isinstance(source, Mapping):
+        sd = source
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ValueError(f"checkpoint file not found: {path}")
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load_file
+
+            sd = load_file(path)
+        elif zipfile.is_zipfile(path):
+            import torch
+
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises UnpicklingError for unsafe content
+                raise ValueError(
+                    f"{path}: refused: not a plain tensor checkpoint ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0]})"
+                ) from e
+        else:
+            raise ValueError(
+                f"{path}: refused: only .safetensors files and PyTorch zip checkpoints "
+                "(read with weights_only=True) are accepted, never a plain pickle"
+            )
+    for wrapper in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+            break
+    return {k: to_numpy(v) for k, v in sd.items()}
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight ``[out, in/groups, kh, kw]`` -> Flax ``[kh, kw, in/groups, out]``.
+
+    A depthwise weight ``[C, 1, kh, kw]`` becomes ``[kh, kw, 1, C]``, the layout
+    of ``ops.depthwise_conv2d`` and of ``nn.Conv(feature_group_count=C)``.
+    """
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """PyTorch linear weight ``[out, in]`` -> Flax Dense kernel ``[in, out]``."""
+    return np.transpose(w)
+
+
+class ConversionReport:
+    """Collects every problem of a conversion and raises them all at once.
+
+    Usage: ``take(key, shape, transform)`` for each tensor the Flax model
+    needs; ``finish()`` then adds the checkpoint's unused keys and raises a
+    ``ValueError`` listing everything that did not fit, or returns quietly.
+    """
+
+    def __init__(self, state_dict: Mapping[str, np.ndarray], what: str):
+        self.sd = state_dict
+        self.what = what
+        self.used: set[str] = set()
+        self.problems: list[str] = []
+
+    def take(
+        self,
+        key: str,
+        shape: tuple[int, ...],
+        transform: Any = None,
+        dtype: Any = np.float32,
+    ) -> np.ndarray:
+        """The tensor ``key`` transformed to ``shape``, or zeros (and a problem noted)."""
+        self.used.add(key)
+        if key not in self.sd:
+            self.problems.append(f"missing tensor {key!r} (Flax expects shape {tuple(shape)})")
+            return np.zeros(shape, dtype)
+        arr = np.asarray(self.sd[key])
+        out = transform(arr) if transform is not None else arr
+        if tuple(out.shape) != tuple(shape):
+            self.problems.append(
+                f"tensor {key!r}: shape {tuple(arr.shape)} does not fit; "
+                f"Flax expects {tuple(shape)}" + ("" if transform is None else " after conversion")
+            )
+            return np.zeros(shape, dtype)
+        return out.astype(dtype)
+
+    def ignore(self, *keys: str) -> None:
+        """Mark keys as known but unused (e.g. ``num_batches_tracked``)."""
+        self.used.update(keys)
+
+    def finish(self) -> None:
+        """Raise one ``ValueError`` listing every problem, unused keys included."""
+        extra = sorted(
+            k for k in self.sd if k not in self.used and not k.endswith("num_batches_tracked")
+        )
+        problems = self.problems + [f"unexpected tensor {k!r}" for k in extra]
+        if problems:
+            raise ValueError(
+                f"{self.what}: {len(problems)} tensor(s) do not match:\n  " + "\n  ".join(problems)
+            )

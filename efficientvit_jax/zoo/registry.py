@@ -1,0 +1,94 @@
+"""Named variants with timm's names: ``create_model``, ``list_models``, ``load_timm_weights``.
+
+Each family module (``mit``, ``msra``) registers its variants here when it is
+imported; ``efficientvit_jax.zoo`` imports them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from efficientvit_jax.zoo.convert import StateDict, load_state_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered variant.
+
+    Attributes:
+      name: timm's model name, e.g. ``"efficientvit_b1"``.
+      family: ``"mit"`` or ``"msra"``.
+      config: the variant's frozen config dataclass.
+      module: ``config -> nn.Module``.
+      convert: ``(state_dict, config) -> variables`` (``{"params", "batch_stats"}``),
+        raising one ``ValueError`` naming every mismatching tensor.
+      top1: published ImageNet-1k top-1 (%) of the timm weights at their default resolution.
+      top1_source: where that number is quoted from.
+    """
+
+    name: str
+    family: str
+    config: Any
+    module: Callable[[Any], nn.Module]
+    convert: Callable[[dict[str, Any], Any], dict[str, Any]]
+    top1: float | None = None
+    top1_source: str | None = None
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    """Add a variant (a name can be registered once)."""
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def get_config(name: str, **overrides: Any) -> Any:
+    """The variant's config, with fields replaced (e.g. ``num_classes=10``)."""
+    cfg = get_entry(name).config
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for {name!r}; its options: {', '.join(sorted(fields))}"
+            )
+        cfg = dataclasses.replace(cfg, **overrides)
+    return cfg
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """A Flax module for a timm-named variant, e.g. ``create_model("efficientvit_b1", num_classes=10)``."""
+    return get_entry(name).module(get_config(name, **overrides))
+
+
+def load_timm_weights(source: str | StateDict, name: str, **overrides: Any) -> dict[str, Any]:
+    """Flax variables (``params`` and ``batch_stats``) from a timm checkpoint of ``name``.
+
+    ``source`` is a ``.safetensors`` file, a PyTorch zip checkpoint (read with
+    ``weights_only=True``) or an in-memory state dict. A checkpoint of another
+    variant or with another ``num_classes`` is refused with every mismatching
+    tensor named. Nothing is downloaded.
+    """
+    entry = get_entry(name)
+    return entry.convert(load_state_dict(source), get_config(name, **overrides))

@@ -1,0 +1,102 @@
+"""ops: the depthwise conv against XLA's grouped conv, patch extraction, drop path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from efficientvit_jax.ops import depthwise_conv2d, drop_path, patchify
+
+
+def xla_depthwise(x, w, stride, pads):
+    return lax.conv_general_dilated(
+        x,
+        w,
+        (stride, stride),
+        pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
+
+
+@pytest.mark.parametrize(
+    "hw,k,stride,pads",
+    [
+        ((7, 7), 3, 1, ((1, 1), (1, 1))),
+        ((8, 6), 3, 2, ((1, 1), (1, 1))),  # PyTorch's padding=1 at stride 2 on even sizes
+        ((9, 9), 5, 2, ((2, 2), (2, 2))),
+        ((6, 5), 5, 1, ((2, 2), (2, 2))),
+        ((10, 10), 1, 2, ((0, 0), (0, 0))),
+        ((6, 8), 4, 2, ((1, 2), (1, 2))),  # even kernel, asymmetric pads
+        ((7, 7), 3, 1, ((0, 0), (0, 0))),  # valid
+    ],
+)
+def test_shifted_equals_xla_values_and_gradients(hw, k, stride, pads):
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, *hw, 5))
+    w = jax.random.normal(kw, (k, k, 1, 5))
+    ref = xla_depthwise(x, w, stride, pads)
+    out = depthwise_conv2d(x, w, stride=stride, padding=pads, impl="shifted")
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        depthwise_conv2d(x, w, stride=stride, padding=pads, impl="xla"), ref, rtol=1e-6
+    )
+
+    cot = jax.random.normal(kg, ref.shape)
+    g_ref = jax.jit(
+        jax.grad(lambda x, w: jnp.sum(xla_depthwise(x, w, stride, pads) * cot), (0, 1))
+    )(x, w)
+    g_out = jax.jit(
+        jax.grad(
+            lambda x, w: jnp.sum(
+                depthwise_conv2d(x, w, stride=stride, padding=pads, impl="shifted") * cot
+            ),
+            (0, 1),
+        )
+    )(x, w)
+    for a, b in zip(g_out, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_default_padding_keeps_size_and_auto_picks_shifted_on_cpu():
+    x = jax.random.normal(jax.random.key(1), (1, 5, 7, 3))
+    w = jax.random.normal(jax.random.key(2), (3, 3, 1, 3))
+    out = depthwise_conv2d(x, w)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out, xla_depthwise(x, w, 1, ((1, 1), (1, 1))), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"kernel \[kh, kw, 1, 3\]"):
+        depthwise_conv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 1, 4)))
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+        depthwise_conv2d(jnp.ones((4, 4, 3)), jnp.ones((3, 3, 1, 3)))
+
+
+def test_patchify_matches_edifice_reshape_for_both_formats():
+    b, c, h, w, p = 2, 3, 8, 12, 4
+    x = np.arange(b * c * h * w, dtype=np.float32).reshape(b, c, h, w)
+    # Edifice's expression (SPEC.md section 5), in NumPy.
+    expect = (
+        x.reshape(b, c, h // p, p, w // p, p)
+        .transpose(0, 2, 4, 1, 3, 5)
+        .reshape(b, h // p, w // p, c * p * p)
+    )
+    np.testing.assert_array_equal(patchify(jnp.asarray(x), p, "NCHW"), expect)
+    np.testing.assert_array_equal(patchify(jnp.asarray(x.transpose(0, 2, 3, 1)), p, "NHWC"), expect)
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    x = jnp.ones((4000, 3, 2))
+    y = drop_path(x, 0.25, jax.random.key(3), deterministic=False)
+    per_sample = y.reshape(4000, -1)
+    kept = per_sample[:, 0] != 0
+    # Whole samples are kept or dropped, kept ones scaled by 1/(1 - rate).
+    assert bool((per_sample == per_sample[:, :1]).all())
+    np.testing.assert_allclose(per_sample[kept], 1 / 0.75, rtol=1e-6)
+    assert abs(float(kept.mean()) - 0.75) < 0.03
+    assert drop_path(x, 0.25, None, deterministic=True) is x
+    with pytest.raises(ValueError, match="rng"):
+        drop_path(x, 0.25, None, deterministic=False)
