@@ -222,5 +222,5 @@ def test_linen_model_traces_under_nnx_bridge():
     wrapped = nnx.bridge.ToNNX(model, rngs=nnx.Rngs(0))
     nnx.bridge.lazy_init(wrapped, x)
     out = wrapped(x)
-    params = nnx.state(wrapped, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(wrapped, nnx.Param))
     np.testing.assert_allclose(out, model.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
