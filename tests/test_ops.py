@@ -100,3 +100,16 @@ def test_drop_path_drops_whole_samples_and_rescales():
     assert drop_path(x, 0.25, None, deterministic=True) is x
     with pytest.raises(ValueError, match="rng"):
         drop_path(x, 0.25, None, deterministic=False)
+
+
+def test_shifted_gradients_keep_input_dtypes_in_bfloat16():
+    x = jax.random.normal(jax.random.key(4), (3, 6, 6, 4))
+    w = jax.random.normal(jax.random.key(5), (3, 3, 1, 4))
+    loss = lambda x, w: jnp.sum(depthwise_conv2d(x, w, impl="shifted").astype(jnp.float32) ** 2)  # noqa: E731
+    g32 = jax.jit(jax.grad(loss, (0, 1)))(x, w)
+    g16 = jax.jit(jax.grad(loss, (0, 1)))(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    for a, b in zip(g16, g32, strict=True):
+        assert a.dtype == jnp.bfloat16
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), b, atol=0.05 * float(jnp.abs(b).max())
+        )
