@@ -19,6 +19,17 @@ import numpy as np
 
 LAYOUTS = ("cascaded", "edifice")
 DATA_FORMATS = ("NCHW", "NHWC")
+# "none", "block" (recompute each block in the backward pass), or a policy of
+# jax.checkpoint_policies that needs no arguments (what it may save).
+REMAT_POLICIES = (
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+    "nothing_saveable",
+)
+REMAT_OPTIONS = ("none", "block", *REMAT_POLICIES)
 
 
 def round_half_away(x: float) -> int:
@@ -57,6 +68,10 @@ class EfficientViTConfig:
       param_dtype: dtype the parameters are stored in.
       drop_path_rate: stochastic depth rate of the last block, rising linearly
         from 0 at the first; active only with ``train=True``.
+      remat: rematerialisation of each block in the backward pass: ``"none"``,
+        ``"block"`` (keep only block inputs, recompute the rest) or the name of
+        a ``jax.checkpoint_policies`` policy such as ``"dots_saveable"``. The
+        parameter tree is the same whatever the choice.
     """
 
     image_size: int = 224
@@ -72,6 +87,7 @@ class EfficientViTConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     drop_path_rate: float = 0.0
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -142,6 +158,8 @@ class EfficientViTConfig:
         if not isinstance(p, (int, float, np.floating)) or isinstance(p, bool) or not 0 <= p < 1:
             raise _fail("drop_path_rate", p, "must be a float in [0, 1)")
         set_("drop_path_rate", float(p))
+        if self.remat not in REMAT_OPTIONS:
+            raise _fail("remat", self.remat, f"must be one of {REMAT_OPTIONS}")
 
     @property
     def dims(self) -> tuple[int, ...]:

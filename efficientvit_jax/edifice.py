@@ -22,6 +22,7 @@ import numpy as np
 
 from efficientvit_jax.attention import linear_attention
 from efficientvit_jax.config import EfficientViTConfig
+from efficientvit_jax.layers import maybe_remat
 
 _SQRT3 = math.sqrt(3.0)
 
@@ -78,6 +79,48 @@ def axon_layers(config: EfficientViTConfig) -> dict[str, dict[str, tuple[int, ..
     return layers
 
 
+def _layers(config: EfficientViTConfig) -> tuple[Any, Any]:
+    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype)
+    dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), **kw)
+    norm = functools.partial(
+        nn.LayerNorm, epsilon=1e-5, use_fast_variance=False, scale_init=axon_gamma_init, **kw
+    )
+    return dense, norm
+
+
+class EdificeBlock(nn.Module):
+    """One Edifice block; its layers carry the Axon names ``{prefix}_norm1``, ``{prefix}_cga_q``, ...
+
+    The model shares its own scope with each block (``nn.share_scope``), so the
+    layers land flat in the model's parameter tree, as in Axon, while the block
+    is still a module that ``nn.remat`` can wrap.
+    """
+
+    config: EfficientViTConfig
+    prefix: str
+    heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense, norm = _layers(self.config)
+        gelu = functools.partial(nn.gelu, approximate=False)
+        pre = self.prefix
+        b, n, d = x.shape
+        y = norm(name=f"{pre}_norm1")(x)
+        q, k, v = (
+            dense(d, name=f"{pre}_cga_{part}")(y)
+            .reshape(b, n, self.heads, d // self.heads)
+            .swapaxes(1, 2)
+            for part in ("q", "k", "v")
+        )
+        y = linear_attention(q, k, v).swapaxes(1, 2).reshape(b, n, d)
+        x = x + dense(d, name=f"{pre}_cga_proj")(y)
+        y = norm(name=f"{pre}_norm2")(x)
+        y = gelu(dense(self.config.hidden_dim(d), name=f"{pre}_ffn_fc1")(y))
+        y = gelu(token_filter(y))
+        return x + dense(d, name=f"{pre}_ffn_fc2")(y)
+
+
 def edifice_forward(module: nn.Module, config: EfficientViTConfig, grid: jax.Array) -> jax.Array:
     """Edifice's forward pass on a patch grid ``[batch, h, w, C*P*P]``.
 
@@ -86,36 +129,18 @@ def edifice_forward(module: nn.Module, config: EfficientViTConfig, grid: jax.Arr
     ``stage_{i}`` grids ``[batch, h, w, dims[i]]`` (the grid never shrinks).
     """
     b, gh, gw, f = grid.shape
-    tokens = grid.reshape(b, gh * gw, f)
-    kw = dict(dtype=config.dtype, param_dtype=config.param_dtype)
-    dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), **kw)
-    norm = functools.partial(
-        nn.LayerNorm, epsilon=1e-5, use_fast_variance=False, scale_init=axon_gamma_init, **kw
-    )
-    gelu = functools.partial(nn.gelu, approximate=False)
-
-    x = dense(config.dims[0], name="patch_embed_proj")(tokens)
+    dense, norm = _layers(config)
+    block_cls = maybe_remat(EdificeBlock, config.remat, static_train=False)
+    x = dense(config.dims[0], name="patch_embed_proj")(grid.reshape(b, gh * gw, f))
     for i, (depth, d, heads) in enumerate(
         zip(config.depths, config.dims, config.num_heads, strict=True)
     ):
         if i > 0:
             x = dense(d, name=f"downsample_{i}")(x)
         for j in range(depth):
-            pre = f"stage_{i}_block_{j}"
-            y = norm(name=f"{pre}_norm1")(x)
-            n = y.shape[1]
-            q, k, v = (
-                dense(d, name=f"{pre}_cga_{part}")(y)
-                .reshape(b, n, heads, d // heads)
-                .swapaxes(1, 2)
-                for part in ("q", "k", "v")
-            )
-            y = linear_attention(q, k, v).swapaxes(1, 2).reshape(b, n, d)
-            x = x + dense(d, name=f"{pre}_cga_proj")(y)
-            y = norm(name=f"{pre}_norm2")(x)
-            y = gelu(dense(config.hidden_dim(d), name=f"{pre}_ffn_fc1")(y))
-            y = gelu(token_filter(y))
-            x = x + dense(d, name=f"{pre}_ffn_fc2")(y)
+            block = block_cls(config, f"stage_{i}_block_{j}", heads, name=f"_block_{i}_{j}")
+            nn.share_scope(module, block)
+            x = block(x)
         module.sow("intermediates", f"stage_{i}", x.reshape(b, gh, gw, d))
     x = norm(name="final_norm")(x).mean(axis=1)
     if config.num_classes is not None:

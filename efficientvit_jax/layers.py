@@ -7,7 +7,7 @@ flattens it to ``[batch, h*w, channels]`` by a free reshape.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,24 @@ import jax.numpy as jnp
 
 from efficientvit_jax.attention import CascadedGroupAttention
 from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d, drop_path
+
+M = TypeVar("M", bound=type[nn.Module])
+
+
+def maybe_remat(block: M, remat: str, *, static_train: bool = True) -> M:
+    """``block`` wrapped in ``nn.remat`` as the config's ``remat`` says.
+
+    With ``static_train`` the block's second positional argument (``train``) is
+    static, as a Python bool must be under ``jax.checkpoint``.
+
+    Blocks are always created with explicit names, so the parameter tree does
+    not change (``nn.remat`` renames auto-named modules).
+    """
+    if remat == "none":
+        return block
+    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+    return nn.remat(block, static_argnums=(2,) if static_train else (), policy=policy)
+
 
 # LayerNorm as Edifice and PyTorch define it: eps 1e-5 (Flax's default is 1e-6)
 # and the two-pass variance (Flax's fast E[x^2]-E[x]^2 loses digits).
@@ -100,7 +118,8 @@ class CascadedBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        # ``train`` is positional so that ``nn.remat`` can mark it static.
         b, h, w, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         active = train and self.drop_path_rate > 0

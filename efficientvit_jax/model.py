@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from efficientvit_jax.config import EfficientViTConfig, make_config
 from efficientvit_jax.edifice import edifice_forward
-from efficientvit_jax.layers import CascadedBlock, LayerNorm, PatchMerging
+from efficientvit_jax.layers import CascadedBlock, LayerNorm, PatchMerging, maybe_remat
 from efficientvit_jax.ops import patchify
 
 
@@ -76,19 +76,20 @@ class EfficientViT(nn.Module):
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         x = nn.Dense(cfg.dims[0], name="patch_embed", **kw)(x)
         rates = cfg.drop_path_rates()
+        block = maybe_remat(CascadedBlock, cfg.remat)
         for i, (depth, d, heads) in enumerate(
             zip(cfg.depths, cfg.dims, cfg.num_heads, strict=True)
         ):
             if i > 0:
                 x = PatchMerging(d, name=f"downsample_{i}", **kw)(x)
             for j in range(depth):
-                x = CascadedBlock(
+                x = block(
                     heads,
                     cfg.hidden_dim(d),
                     drop_path_rate=rates[i][j],
                     name=f"stage_{i}_block_{j}",
                     **kw,
-                )(x, train=train)
+                )(x, train)
             self.sow("intermediates", f"stage_{i}", x)
         x = LayerNorm(name="final_norm", **kw)(x).mean(axis=(1, 2))
         if cfg.num_classes is not None:

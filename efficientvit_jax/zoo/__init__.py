@@ -1,0 +1,24 @@
+"""The published EfficientViT models with timm's names and weights.
+
+Importing this package registers every family. ``create_model``,
+``list_models`` and ``load_timm_weights`` are the entry points.
+"""
+
+from efficientvit_jax.zoo import mit  # noqa: F401  (registers the MIT variants)
+from efficientvit_jax.zoo.registry import (
+    ModelEntry,
+    create_model,
+    get_config,
+    get_entry,
+    list_models,
+    load_timm_weights,
+)
+
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "get_config",
+    "get_entry",
+    "list_models",
+    "load_timm_weights",
+]
