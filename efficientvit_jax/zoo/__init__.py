@@ -4,7 +4,7 @@ Importing this package registers every family. ``create_model``,
 ``list_models`` and ``load_timm_weights`` are the entry points.
 """
 
-from efficientvit_jax.zoo import mit  # noqa: F401  (registers the MIT variants)
+from efficientvit_jax.zoo import mit, msra  # noqa: F401  (importing registers the variants)
 from efficientvit_jax.zoo.registry import (
     ModelEntry,
     create_model,

@@ -23,9 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d
+from efficientvit_jax.zoo.common import TorchBatchNorm
 from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel
 from efficientvit_jax.zoo.registry import ModelEntry, register
 
@@ -142,55 +142,6 @@ def _torch_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tupl
     # "SAME" would put the odd extra row of a strided conv at the bottom instead.
     p = ((stride - 1) + (kernel_size - 1)) // 2
     return ((p, p), (p, p))
-
-
-class TorchBatchNorm(nn.Module):
-    """BatchNorm over the last axis with PyTorch's semantics and Flax's variable names.
-
-    Same variables as ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats
-    ``mean``/``var``) and the same normalisation (biased batch variance), but
-    the running variance is updated with the *unbiased* batch variance, as
-    ``torch.nn.BatchNorm2d`` does; ``nn.BatchNorm`` uses the biased one, which
-    differs by n/(n-1) and is far off on the 2x2 maps of small inputs.
-    ``momentum`` is Flax's (0.9 = PyTorch's 0.1). Statistics are computed in
-    float32 whatever ``dtype``.
-    """
-
-    use_running_average: bool = True
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        xf = x.astype(jnp.float32)
-        if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            axes = tuple(range(x.ndim - 1))
-            n = int(np.prod([x.shape[a] for a in axes]))
-            mean = jnp.mean(xf, axis=axes)
-            if self.axis_name is not None:
-                mean = lax.pmean(mean, self.axis_name)
-            # two-pass variance: E[x^2] - E[x]^2 loses digits for large means
-            var = jnp.mean(jnp.square(xf - mean), axis=axes)
-            if self.axis_name is not None:
-                var = lax.pmean(var, self.axis_name)
-                n *= lax.psum(1, self.axis_name)
-            if not self.is_initializing():
-                unbiased = var * (n / max(n - 1, 1))
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
-        inv = lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-        y = (xf - mean) * inv + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
 
 
 class DepthwiseConv(nn.Module):

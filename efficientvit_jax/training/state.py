@@ -1,0 +1,72 @@
+"""The train state: params, optimizer state, step and rng, as one pytree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run needs to continue exactly.
+
+    Attributes:
+      step: number of optimizer steps taken (int32 scalar).
+      params: the model's ``"params"`` collection.
+      opt_state: the optimizer's state.
+      rng: a raw ``uint32[2]`` PRNG key; each step folds ``step`` into it, so the
+        randomness of a step depends on the state alone (exact resume).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _raw_key(rng: jax.Array | int) -> jax.Array:
+    if isinstance(rng, int):
+        return jax.random.PRNGKey(rng)
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        # Typed keys do not serialise; store the raw bits.
+        return jax.random.key_data(rng)
+    return rng
+
+
+def create_train_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array | int,
+    sample_images: Any,
+) -> TrainState:
+    """Initialise ``model`` on ``sample_images`` and the optimizer on its params.
+
+    Args:
+      model: any flax linen module called as ``model.apply(v, x, train=...)``
+        whose only variable collection is ``"params"``.
+      optimizer: an optax transformation (see ``make_optimizer``).
+      rng: a PRNG key or an int seed; split into the init key and the state's key.
+      sample_images: an example batch (or a ``jax.ShapeDtypeStruct``) for the shapes.
+    """
+    init_key, state_key = jax.random.split(_raw_key(rng))
+    if isinstance(sample_images, jax.ShapeDtypeStruct):
+        sample_images = jnp.zeros(sample_images.shape, sample_images.dtype)
+    variables = jax.jit(model.init)(init_key, sample_images)
+    extra = set(variables) - {"params"}
+    if extra:
+        raise ValueError(
+            f"create_train_state supports models whose only variables are 'params'; "
+            f"this one also has {sorted(extra)}"
+        )
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=state_key,
+    )

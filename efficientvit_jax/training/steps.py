@@ -1,0 +1,172 @@
+"""Loss, the default optimizer, and the jitted train and eval steps.
+
+The steps are pure functions ``(state, batch) -> (state, metrics)`` and
+``(state, batch) -> metrics`` with no global state, so they can later be sharded over a
+``data`` mesh axis unchanged. ``batch`` is a dict with ``"images"``, ``"labels"`` and an
+optional ``"mask"`` (0 for padding, see ``data.iterate_batches``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from efficientvit_jax.training.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    label_smoothing: float = 0.0,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy and accuracy over the unmasked examples, in float32.
+
+    Args:
+      logits: ``[B, K]`` in any float dtype (cast to float32 first: bf16 log-softmax
+        loses too much precision for a loss).
+      labels: ``[B]`` integer classes.
+      label_smoothing: mass spread uniformly over the ``K`` classes (0 = one-hot).
+      mask: ``[B]`` weights, 0 for padding; ``None`` counts every example.
+    """
+    logits = logits.astype(jnp.float32)
+    k = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    if mask is None:
+        return losses.mean(), correct.mean()
+    mask = mask.astype(jnp.float32)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    return (losses * mask).sum() / denom, (correct * mask).sum() / denom
+
+
+def _decay_mask(params: Any) -> Any:
+    # No weight decay on biases and norm scales (rank-1 leaves), as usual for ViTs.
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    learning_rate: float = 3e-3,
+    *,
+    total_steps: int,
+    warmup_steps: int | None = None,
+    weight_decay: float = 0.05,
+    clip_norm: float | None = 1.0,
+    end_lr_ratio: float = 0.01,
+) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay (the default optimizer).
+
+    Args:
+      learning_rate: peak learning rate, reached after the warm-up.
+      total_steps: length of the whole schedule (warm-up included).
+      warmup_steps: linear warm-up from 0; default 5% of ``total_steps`` (at least 1).
+      weight_decay: decoupled weight decay, applied to rank >= 2 leaves only.
+      clip_norm: global gradient-norm clip, ``None`` for none.
+      end_lr_ratio: final learning rate as a fraction of the peak.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if warmup_steps is None:
+        warmup_steps = max(1, total_steps // 20)
+    warmup_steps = min(warmup_steps, total_steps - 1) if total_steps > 1 else 0
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=learning_rate,
+        warmup_steps=warmup_steps,
+        decay_steps=total_steps,
+        end_value=learning_rate * end_lr_ratio,
+    )
+    adamw = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    label_smoothing: float = 0.0,
+    donate: bool = True,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
+    """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
+
+    Metrics: ``loss`` (mean cross-entropy with the smoothing, float32), ``accuracy`` and
+    ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends on
+    the state only. With ``donate=True`` the input state's buffers are reused for the
+    output (the old state must not be used after the call).
+    """
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+            logits = model.apply(
+                {"params": params}, batch["images"], train=True, rngs={"dropout": dropout_key}
+            )
+            return cross_entropy(
+                logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
+            )
+
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(
+    model: nn.Module,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], Metrics]:
+    """A jitted ``(state, batch) -> metrics`` evaluation step (``train=False``).
+
+    Returns sums, so that batches of different fill add up exactly: ``loss_sum`` (plain
+    cross-entropy, no smoothing), ``correct`` and ``count`` (the number of unmasked
+    examples). Accuracy over a dataset is ``sum(correct) / sum(count)``.
+    """
+
+    def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
+        logits = model.apply({"params": state.params}, batch["images"], train=False)
+        logits = logits.astype(jnp.float32)
+        labels = batch["labels"]
+        mask = batch.get("mask")
+        mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return {
+            "loss_sum": (losses * mask).sum(),
+            "correct": (correct * mask).sum(),
+            "count": mask.sum(),
+        }
+
+    return jax.jit(eval_step)
+
+
+def evaluate(
+    eval_step: Callable[[TrainState, Mapping[str, jax.Array]], Metrics],
+    state: TrainState,
+    batches: Any,
+) -> dict[str, float]:
+    """Run ``eval_step`` over an iterable of batches; mean ``loss`` and ``accuracy``."""
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in batches:
+        m = jax.device_get(eval_step(state, batch))
+        for k in totals:
+            totals[k] += float(m[k])
+    n = max(totals["count"], 1.0)
+    return {
+        "loss": totals["loss_sum"] / n,
+        "accuracy": totals["correct"] / n,
+        "count": int(totals["count"]),
+    }

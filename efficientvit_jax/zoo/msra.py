@@ -1,0 +1,706 @@
+"""The MSRA EfficientViT family (Liu et al., CVPR 2023, arXiv 2305.07027), as timm 1.0 defines it.
+
+``efficientvit_m0`` ... ``efficientvit_m5``: a conv-BN-ReLU patch embedding of
+stride 16, then three stages of "sandwich" blocks (depthwise-conv residual,
+FFN residual, windowed cascaded group attention, depthwise-conv residual, FFN
+residual), with a subsample block (residual DW/FFN, an inverted-residual
+PatchMerging with squeeze-excite, residual DW/FFN) in front of stages 1 and 2,
+and a BatchNorm-Linear classifier on the average-pooled last stage.
+
+Everything is NHWC inside; BatchNorm follows every conv (timm's ``ConvNorm``).
+The parameter tree mirrors timm's module tree, so ``msra_from_timm`` maps
+state-dict keys to Flax paths with a short table of key patterns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficientvit_jax.ops import depthwise_conv2d
+from efficientvit_jax.zoo.common import TorchBatchNorm
+from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel, to_numpy
+from efficientvit_jax.zoo.registry import ModelEntry, register
+
+# PyTorch's default conv/linear init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
+_torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# The patch embedding is four stride-2 convs.
+PATCH_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class MSRAConfig:
+    """An EfficientViT (MSRA) variant; the defaults are timm's ``efficientvit_m0``.
+
+    Attributes:
+      embed_dim: channel width of each stage.
+      depth: number of sandwich blocks per stage.
+      num_heads: attention heads per stage (cascaded groups of ``embed_dim / heads`` channels).
+      key_dim: query/key width per head, per stage; the value width is ``embed_dim / heads``.
+      window_size: local attention window per stage (clipped to the stage's resolution
+        at ``img_size``, as timm does).
+      kernels: depthwise kernel size on the queries of head ``j`` (one per head, at least
+        ``max(num_heads)`` entries).
+      img_size: the image size the attention biases are built for: it fixes each stage's
+        window (``min(window_size, resolution)``), hence the bias tables' size. Inputs of
+        other sizes run (windows are padded), with the windows of ``img_size``.
+      in_chans: image channels.
+      num_classes: classifier outputs; 0 returns the pooled features (timm's Identity head).
+      data_format: ``"NCHW"`` (timm's, default) or ``"NHWC"`` images.
+      dtype: computation dtype (softmax runs in float32 whatever it is).
+      param_dtype: parameter dtype.
+    """
+
+    embed_dim: tuple[int, ...] = (64, 128, 192)
+    depth: tuple[int, ...] = (1, 2, 3)
+    num_heads: tuple[int, ...] = (4, 4, 4)
+    key_dim: tuple[int, ...] = (16, 16, 16)
+    window_size: tuple[int, ...] = (7, 7, 7)
+    kernels: tuple[int, ...] = (5, 5, 5, 5)
+    img_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 1000
+    data_format: str = "NCHW"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        for f in ("embed_dim", "depth", "num_heads", "key_dim", "window_size", "kernels"):
+            v = getattr(self, f)
+            if isinstance(v, int) or not all(isinstance(i, int) and i > 0 for i in v):
+                raise ValueError(f"MSRAConfig.{f} must be a sequence of positive ints, got {v!r}")
+            object.__setattr__(self, f, tuple(v))
+        n = len(self.embed_dim)
+        for f in ("depth", "num_heads", "key_dim", "window_size"):
+            if len(getattr(self, f)) != n:
+                raise ValueError(
+                    f"MSRAConfig.{f} needs one entry per stage ({n}), got {getattr(self, f)!r}"
+                )
+        for i, (ed, nh) in enumerate(zip(self.embed_dim, self.num_heads, strict=True)):
+            if ed % nh:
+                raise ValueError(
+                    f"MSRAConfig: num_heads[{i}]={nh} does not divide embed_dim[{i}]={ed}"
+                )
+        if self.embed_dim[0] % 8:
+            raise ValueError(
+                f"MSRAConfig.embed_dim[0] must be divisible by 8 (the patch embedding widths "
+                f"are dim/8, dim/4, dim/2), got {self.embed_dim[0]}"
+            )
+        if len(self.kernels) < max(self.num_heads):
+            raise ValueError(
+                f"MSRAConfig.kernels needs one kernel per head (max(num_heads)="
+                f"{max(self.num_heads)}), got {self.kernels!r}"
+            )
+        if self.img_size < PATCH_SIZE:
+            raise ValueError(f"MSRAConfig.img_size must be >= {PATCH_SIZE}, got {self.img_size}")
+        if self.in_chans < 1 or self.num_classes < 0:
+            raise ValueError(
+                f"MSRAConfig: in_chans must be >= 1 and num_classes >= 0, got "
+                f"{self.in_chans}, {self.num_classes}"
+            )
+        if self.data_format not in ("NCHW", "NHWC"):
+            raise ValueError(
+                f"MSRAConfig.data_format must be 'NCHW' or 'NHWC', got {self.data_format!r}"
+            )
+
+    def window_resolutions(self) -> tuple[int, ...]:
+        """Each stage's attention window at ``img_size``, as timm computes it at construction.
+
+        Stage 0 runs at ``img_size // 16``; each later stage subsamples by a 3x3
+        stride-2 conv with padding 1 (``(r - 1) // 2 + 1``); the window is the
+        configured one, clipped to the stage's resolution.
+        """
+        res = self.img_size // PATCH_SIZE
+        out = []
+        for i, ws in enumerate(self.window_size):
+            if i > 0:
+                res = (res - 1) // 2 + 1
+            out.append(min(ws, res))
+        return tuple(out)
+
+
+def attention_bias_index(resolution: int) -> np.ndarray:
+    """The ``[N, N]`` (``N = resolution**2``) index of query/key pairs into the bias table.
+
+    timm numbers the offsets ``(|dy|, |dx|)`` in order of first appearance
+    while scanning query points row-major. The first query point ``(0, 0)``
+    already meets every offset, in row-major order, so the number of offset
+    ``(|dy|, |dx|)`` is ``|dy| * resolution + |dx|``; the table has ``N`` rows.
+    """
+    ys, xs = np.divmod(np.arange(resolution * resolution), resolution)
+    dy = np.abs(ys[:, None] - ys[None, :])
+    dx = np.abs(xs[:, None] - xs[None, :])
+    return (dy * resolution + dx).astype(np.int32)
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """timm's ``make_divisible(v, divisor, round_limit=0.)``: nearest multiple, at least ``divisor``."""
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+def _batch_norm(
+    train: bool, dtype: Any, param_dtype: Any, scale_init: float = 1.0, name: str = "bn"
+) -> TorchBatchNorm:
+    # PyTorch's semantics (momentum 0.1 = Flax's 0.9, unbiased running variance).
+    return TorchBatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.initializers.constant(scale_init),
+        name=name,
+    )
+
+
+class _DepthwiseKernel(nn.Module):
+    """A bias-free depthwise conv with PyTorch's symmetric padding (``kernel`` ``[k, k, 1, C]``)."""
+
+    kernel_size: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", _torch_default_init, (k, k, 1, x.shape[-1]), self.param_dtype)
+        p = k // 2
+        return depthwise_conv2d(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            stride=self.stride,
+            padding=((p, p), (p, p)),
+        )
+
+
+class ConvNorm(nn.Module):
+    """timm's ``ConvNorm``: a bias-free conv (``conv``) then BatchNorm (``bn``).
+
+    ``depthwise=True`` makes it a per-channel conv (``out_chs`` must equal the
+    input width). Padding is PyTorch's ``kernel_size // 2`` on every side.
+    """
+
+    out_chs: int
+    kernel_size: int = 1
+    stride: int = 1
+    depthwise: bool = False
+    bn_weight_init: float = 1.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        k = self.kernel_size
+        if self.depthwise:
+            if x.shape[-1] != self.out_chs:
+                raise ValueError(
+                    f"depthwise ConvNorm: {x.shape[-1]} channels in, {self.out_chs} out"
+                )
+            x = _DepthwiseKernel(
+                k, self.stride, dtype=self.dtype, param_dtype=self.param_dtype, name="conv"
+            )(x)
+        else:
+            p = k // 2
+            x = nn.Conv(
+                self.out_chs,
+                (k, k),
+                strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=_torch_default_init,
+                name="conv",
+            )(x)
+        return _batch_norm(train, self.dtype, self.param_dtype, self.bn_weight_init)(x)
+
+
+class ConvMlp(nn.Module):
+    """1x1 ConvNorm up (``pw1``), ReLU, 1x1 ConvNorm down (``pw2``, BN scale starts at 0)."""
+
+    hidden: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        h = nn.relu(ConvNorm(self.hidden, name="pw1", **kw)(x, train))
+        return ConvNorm(x.shape[-1], bn_weight_init=0.0, name="pw2", **kw)(h, train)
+
+
+class SqueezeExcite(nn.Module):
+    """timm's ``SEModule``: mean-pool, 1x1 conv ``fc1`` + ReLU, 1x1 conv ``fc2``, sigmoid gate."""
+
+    rd_channels: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = {
+            "kernel_size": (1, 1),
+            "dtype": self.dtype,
+            "param_dtype": self.param_dtype,
+            "kernel_init": _torch_default_init,
+        }
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.relu(nn.Conv(self.rd_channels, name="fc1", **kw)(s))
+        s = nn.Conv(x.shape[-1], name="fc2", **kw)(s)
+        return x * nn.sigmoid(s)
+
+
+class PatchMerging(nn.Module):
+    """Inverted residual that halves the grid: 1x1 up x4, 3x3 depthwise stride 2, SE, 1x1 down."""
+
+    out_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        hid = 4 * x.shape[-1]
+        x = nn.relu(ConvNorm(hid, name="conv1", **kw)(x, train))
+        # Stride 2 with padding 1 on each side (PyTorch's), not XLA's SAME.
+        x = nn.relu(ConvNorm(hid, 3, 2, depthwise=True, name="conv2", **kw)(x, train))
+        x = SqueezeExcite(_make_divisible(hid * 0.25), name="se", **kw)(x)
+        return ConvNorm(self.out_dim, name="conv3", **kw)(x, train)
+
+
+class CascadedGroupAttention(nn.Module):
+    """Softmax cascaded group attention on windows ``[B, ws, ws, C]`` with relative-position biases.
+
+    Head ``j`` reads channel group ``j`` (plus head ``j-1``'s output for
+    ``j > 0``), projects it to ``q, k, v`` by a 1x1 ConvNorm (``qkvs_{j}``),
+    runs a depthwise ConvNorm over ``q`` (``dws_{j}``, kernel ``kernels[j]``),
+    and attends with ``softmax(q k^T / sqrt(key_dim) + bias_j)``. The heads are
+    concatenated, passed through ReLU and a 1x1 ConvNorm (``proj``).
+    ``attention_biases`` is ``[heads, resolution**2]``, one entry per
+    ``(|dy|, |dx|)`` offset.
+    """
+
+    key_dim: int
+    num_heads: int
+    val_dim: int
+    resolution: int
+    kernels: tuple[int, ...]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        b, h, w, c = x.shape
+        if h != self.resolution or w != self.resolution:
+            raise ValueError(
+                f"CascadedGroupAttention expects {self.resolution}x{self.resolution} windows, "
+                f"got {h}x{w}"
+            )
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        biases = self.param(
+            "attention_biases",
+            nn.initializers.zeros,
+            (self.num_heads, self.resolution**2),
+            self.param_dtype,
+        )
+        # Logits and softmax in at least float32 whatever the compute dtype: bf16 loses
+        # the biases' resolution and the softmax's normaliser.
+        acc = jnp.promote_types(self.dtype, jnp.float32)
+        # Gathered with a NumPy index built at trace time: a constant, not a parameter.
+        bias = jnp.asarray(biases, acc)[:, attention_bias_index(self.resolution)]
+        scale = self.key_dim**-0.5
+        splits = jnp.split(x, self.num_heads, axis=-1)
+        outs = []
+        feat = splits[0]
+        for j in range(self.num_heads):
+            if j > 0:
+                feat = feat + splits[j]
+            qkv = ConvNorm(2 * self.key_dim + self.val_dim, name=f"qkvs_{j}", **kw)(feat, train)
+            q, k, v = jnp.split(qkv, [self.key_dim, 2 * self.key_dim], axis=-1)
+            q = ConvNorm(self.key_dim, self.kernels[j], depthwise=True, name=f"dws_{j}", **kw)(
+                q, train
+            )
+            q = q.reshape(b, h * w, self.key_dim) * jnp.asarray(scale, q.dtype)
+            k = k.reshape(b, h * w, self.key_dim)
+            v = v.reshape(b, h * w, self.val_dim)
+            logits = jnp.einsum("bnd,bmd->bnm", q, k).astype(acc) + bias[j]
+            attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            feat = jnp.einsum("bnm,bmd->bnd", attn, v).reshape(b, h, w, self.val_dim)
+            outs.append(feat)
+        y = nn.relu(jnp.concatenate(outs, axis=-1))
+        return ConvNorm(c, bn_weight_init=0.0, name="proj", **kw)(y, train)
+
+
+class LocalWindowAttention(nn.Module):
+    """Cascaded group attention (``attn``) within non-overlapping ``window`` x ``window`` tiles.
+
+    The grid is zero-padded at the bottom and right to a multiple of the
+    window, cut into tiles (row-major), attended tile by tile and cropped
+    back. The padding takes part in the attention (as keys) and in the
+    BatchNorm statistics in training, exactly as in timm.
+    """
+
+    key_dim: int
+    num_heads: int
+    val_dim: int
+    window: int
+    kernels: tuple[int, ...]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        b, h, w, c = x.shape
+        ws = self.window
+        pad_b, pad_r = (-h) % ws, (-w) % ws
+        x = jnp.pad(x, ((0, 0), (0, pad_b), (0, pad_r), (0, 0)))
+        nh, nw = (h + pad_b) // ws, (w + pad_r) // ws
+        x = x.reshape(b, nh, ws, nw, ws, c).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b * nh * nw, ws, ws, c)
+        x = CascadedGroupAttention(
+            self.key_dim,
+            self.num_heads,
+            self.val_dim,
+            ws,
+            self.kernels,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )(x, train)
+        x = x.reshape(b, nh, nw, ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, nh * ws, nw * ws, c)[:, :h, :w]
+
+
+class EfficientViTBlock(nn.Module):
+    """The sandwich: DW-conv, FFN, windowed attention, DW-conv, FFN, each as a residual."""
+
+    key_dim: int
+    num_heads: int
+    window: int
+    kernels: tuple[int, ...]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        dim = x.shape[-1]
+        x = x + ConvNorm(dim, 3, depthwise=True, bn_weight_init=0.0, name="dw0", **kw)(x, train)
+        x = x + ConvMlp(2 * dim, name="ffn0", **kw)(x, train)
+        x = x + LocalWindowAttention(
+            self.key_dim,
+            self.num_heads,
+            dim // self.num_heads,
+            self.window,
+            self.kernels,
+            name="mixer",
+            **kw,
+        )(x, train)
+        x = x + ConvNorm(dim, 3, depthwise=True, bn_weight_init=0.0, name="dw1", **kw)(x, train)
+        return x + ConvMlp(2 * dim, name="ffn1", **kw)(x, train)
+
+
+class Subsample(nn.Module):
+    """Between stages: residual DW + FFN (``res1_*``), PatchMerging, residual DW + FFN (``res2_*``)."""
+
+    out_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        d = x.shape[-1]
+        x = x + ConvNorm(d, 3, depthwise=True, name="res1_dw", **kw)(x, train)
+        x = x + ConvMlp(2 * d, name="res1_ffn", **kw)(x, train)
+        x = PatchMerging(self.out_dim, name="patchmerge", **kw)(x, train)
+        d = self.out_dim
+        x = x + ConvNorm(d, 3, depthwise=True, name="res2_dw", **kw)(x, train)
+        return x + ConvMlp(2 * d, name="res2_ffn", **kw)(x, train)
+
+
+class EfficientViTStage(nn.Module):
+    """An optional ``downsample`` (a ``Subsample``) and ``depth`` blocks ``blocks_{j}``."""
+
+    dim: int
+    depth: int
+    key_dim: int
+    num_heads: int
+    window: int
+    kernels: tuple[int, ...]
+    downsample: bool
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        if self.downsample:
+            x = Subsample(self.dim, name="downsample", **kw)(x, train)
+        for j in range(self.depth):
+            x = EfficientViTBlock(
+                self.key_dim, self.num_heads, self.window, self.kernels, name=f"blocks_{j}", **kw
+            )(x, train)
+        return x
+
+
+class PatchEmbedding(nn.Module):
+    """Four 3x3 stride-2 ConvNorms (``conv1``..``conv4``) to dim/8, /4, /2, dim; ReLU between."""
+
+    dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        widths = (self.dim // 8, self.dim // 4, self.dim // 2, self.dim)
+        for i, width in enumerate(widths):
+            x = ConvNorm(width, 3, 2, name=f"conv{i + 1}", **kw)(x, train)
+            if i < 3:
+                x = nn.relu(x)
+        return x
+
+
+class NormLinear(nn.Module):
+    """timm's classifier head: BatchNorm over the pooled features (``bn``), then ``linear``."""
+
+    num_classes: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = _batch_norm(train, self.dtype, self.param_dtype)(x)
+        return nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.truncated_normal(0.02),
+            name="linear",
+        )(x)
+
+
+class EfficientViTMSRA(nn.Module):
+    """EfficientViT (MSRA) image classifier, numerically timm's ``EfficientVitMsra``.
+
+    Submodules: ``patch_embed``, ``stages_{i}`` and ``head`` (absent when
+    ``num_classes == 0``). Variables: ``params`` and ``batch_stats``.
+    """
+
+    config: MSRAConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype}
+        self.patch_embed = PatchEmbedding(cfg.embed_dim[0], **kw)
+        windows = cfg.window_resolutions()
+        # Assigned as a list, so Flax names them stages_0, stages_1, ...
+        self.stages = [
+            EfficientViTStage(
+                dim=cfg.embed_dim[i],
+                depth=cfg.depth[i],
+                key_dim=cfg.key_dim[i],
+                num_heads=cfg.num_heads[i],
+                window=windows[i],
+                kernels=cfg.kernels,
+                downsample=i > 0,
+                **kw,
+            )
+            for i in range(len(cfg.embed_dim))
+        ]
+        if cfg.num_classes > 0:
+            self.head = NormLinear(cfg.num_classes, **kw)
+
+    def _check_images(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        c_axis = 1 if cfg.data_format == "NCHW" else 3
+        if x.ndim != 4 or x.shape[c_axis] != cfg.in_chans:
+            want = "[B, C, H, W]" if cfg.data_format == "NCHW" else "[B, H, W, C]"
+            raise ValueError(
+                f"EfficientViTMSRA expects {cfg.data_format} images {want} with C={cfg.in_chans}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if cfg.data_format == "NCHW":
+            x = jnp.transpose(x, (0, 2, 3, 1))
+        return x.astype(cfg.dtype)
+
+    def forward_features(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        """Per-stage feature maps, NHWC, at strides 16, 32, 64 (timm's ``feature_info``)."""
+        x = self.patch_embed(self._check_images(x), train)
+        feats = []
+        for stage in self.stages:
+            x = stage(x, train)
+            feats.append(x)
+        return feats
+
+    def forward_head(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Average-pool the last stage's NHWC map and classify (pooled features if no head)."""
+        x = jnp.mean(x, axis=(1, 2))
+        if self.config.num_classes == 0:
+            return x
+        return self.head(x, train)
+
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, features: bool = False
+    ) -> jax.Array | list[jax.Array]:
+        """Logits ``[B, num_classes]``, or with ``features=True`` the per-stage NHWC maps.
+
+        Args:
+          x: images in ``config.data_format``; any size >= 16 (windows are padded).
+          train: BatchNorm uses (and, with ``mutable=["batch_stats"]``, updates)
+            batch statistics.
+          features: return the list of stage outputs instead of logits.
+        """
+        feats = self.forward_features(x, train=train)
+        if features:
+            return feats
+        return self.forward_head(feats[-1], train=train)
+
+
+# --- conversion from timm -------------------------------------------------------------------
+
+# Flax module path (dotted) -> timm module path, applied in order. The Flax
+# tree mirrors timm's except where timm wraps modules (ResidualDrop ``.m``,
+# Sequential indices, LocalWindowAttention's ``.m`` ahead of ``attn``).
+_KEY_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"\.stages_(\d+)\.", r".stages.\1."),
+    (r"\.blocks_(\d+)\.", r".blocks.\1."),
+    (r"\.(res[12])_dw\.", r".\1.0.m."),
+    (r"\.(res[12])_ffn\.", r".\1.1.m."),
+    (r"\.(dw0|dw1|ffn0|ffn1|mixer)\.", r".\1.m."),
+    (r"\.(qkvs|dws)_(\d+)\.", r".\1.\2."),
+    (r"\.attn\.proj\.", r".attn.proj.1."),
+)
+
+# (collection, Flax leaf name) -> timm tensor name.
+_LEAF_NAMES: Mapping[tuple[str, str], str] = {
+    ("params", "kernel"): "weight",
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "attention_biases"): "attention_biases",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+
+
+def timm_key(collection: str, path: Sequence[str]) -> str:
+    """The timm state-dict key of the Flax variable ``collection/path``."""
+    # Dots on both ends so every pattern can anchor on whole path segments.
+    module = "." + ".".join(path[:-1]) + "."
+    for pattern, repl in _KEY_PATTERNS:
+        module = re.sub(pattern, repl, module)
+    return module.strip(".") + "." + _LEAF_NAMES[(collection, path[-1])]
+
+
+@functools.lru_cache(maxsize=32)
+def variable_shapes(config: MSRAConfig) -> dict[str, Any]:
+    """Shapes and dtypes of the model's variables, computed without allocating (``eval_shape``).
+
+    Cached per config (tracing the init takes seconds); treat the result as read-only.
+    """
+    model = EfficientViTMSRA(config)
+    # Parameter shapes do not depend on the input size (the bias tables follow img_size).
+    c = config.in_chans
+    shape = (1, c, 64, 64) if config.data_format == "NCHW" else (1, 64, 64, c)
+    dummy = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), dummy)
+
+
+def msra_from_timm(state_dict: Mapping[str, Any], config: MSRAConfig) -> dict[str, Any]:
+    """Flax variables ``{"params", "batch_stats"}`` from a timm ``efficientvit_m*`` state dict.
+
+    Every variable of the Flax model is looked up through ``timm_key``; conv
+    kernels are transposed from ``[out, in, kh, kw]`` and the classifier from
+    ``[out, in]``. timm's ``attention_bias_idxs`` (a derived buffer, rebuilt
+    here by ``attention_bias_index``) and ``num_batches_tracked`` are ignored.
+    Missing, unexpected and mis-shaped tensors (another variant's checkpoint,
+    another ``num_classes``) are all reported in one ``ValueError``.
+    """
+    sd = {k: to_numpy(v) for k, v in state_dict.items()}
+    report = ConversionReport(sd, "efficientvit_msra (timm) checkpoint")
+    report.ignore(*(k for k in sd if k.endswith("attention_bias_idxs")))
+    shapes = variable_shapes(config)
+    out: dict[str, Any] = {}
+    for collection in ("params", "batch_stats"):
+        flat = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes.get(collection, {}))[0]:
+            names = tuple(p.key for p in path)
+            key = timm_key(collection, names)
+            if names[-1] == "kernel":
+                transform = conv_kernel if len(leaf.shape) == 4 else linear_kernel
+            else:
+                transform = None
+            arr = report.take(key, tuple(leaf.shape), transform)
+            flat[names] = jnp.asarray(arr, leaf.dtype)
+        out[collection] = _unflatten(flat)
+    report.finish()
+    return out
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, v in flat.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = v
+    return tree
+
+
+# --- registry -------------------------------------------------------------------------------
+
+_TOP1_SOURCE = (
+    "official model zoo, microsoft/Cream EfficientViT/classification/README.md "
+    "(the weights timm ports; same numbers as the paper's Table)"
+)
+
+_VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
+    "efficientvit_m0": (
+        dict(embed_dim=(64, 128, 192), depth=(1, 2, 3), num_heads=(4, 4, 4), kernels=(5, 5, 5, 5)),
+        63.2,
+    ),
+    "efficientvit_m1": (
+        dict(embed_dim=(128, 144, 192), depth=(1, 2, 3), num_heads=(2, 3, 3), kernels=(7, 5, 3, 3)),
+        68.4,
+    ),
+    "efficientvit_m2": (
+        dict(embed_dim=(128, 192, 224), depth=(1, 2, 3), num_heads=(4, 3, 2), kernels=(7, 5, 3, 3)),
+        70.8,
+    ),
+    "efficientvit_m3": (
+        dict(embed_dim=(128, 240, 320), depth=(1, 2, 3), num_heads=(4, 3, 4), kernels=(5, 5, 5, 5)),
+        73.4,
+    ),
+    "efficientvit_m4": (
+        dict(embed_dim=(128, 256, 384), depth=(1, 2, 3), num_heads=(4, 4, 4), kernels=(7, 5, 3, 3)),
+        74.3,
+    ),
+    "efficientvit_m5": (
+        dict(embed_dim=(192, 288, 384), depth=(1, 3, 4), num_heads=(3, 3, 4), kernels=(7, 5, 3, 3)),
+        77.1,
+    ),
+}
+
+for _name, (_kwargs, _top1) in _VARIANTS.items():
+    register(
+        ModelEntry(
+            name=_name,
+            family="msra",
+            config=MSRAConfig(**_kwargs),
+            module=EfficientViTMSRA,
+            convert=msra_from_timm,
+            top1=_top1,
+            top1_source=_TOP1_SOURCE,
+        )
+    )
