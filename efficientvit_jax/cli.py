@@ -4,6 +4,7 @@ Subcommands:
   train    train on scikit-learn's digits (no download); metrics, plot, checkpoints
   demo     build a model, init it, run a batch; print shapes and sizes
   summary  parameters per stage, FLOPs and output_size for any config
+  convert  a timm checkpoint of a paper model -> Flax variables saved with orbax
 
 Errors (bad flags or values, unwritable output, missing or mismatched checkpoint) print one
 line on stderr and exit non-zero.
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from efficientvit_jax.config import DATA_FORMATS, LAYOUTS, EfficientViTConfig
+from efficientvit_jax.zoo.convert_cli import add_convert_args, run_convert
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -503,6 +505,9 @@ def make_parser() -> argparse.ArgumentParser:
     add_model_flags(summ)
     summ.add_argument("--no-flops", action="store_true", help="skip compiling for the FLOP count")
     summ.set_defaults(func=cmd_summary)
+    conv = sub.add_parser("convert", help="a timm checkpoint -> Flax variables saved with orbax")
+    add_convert_args(conv)
+    conv.set_defaults(func=run_convert)
     return p
 
 

@@ -149,3 +149,22 @@ def test_summary_still_works(capsys):
     assert main(["summary", "--no-flops", "--embed-dim", "16", "--num-classes", "10"]) == 0
     out = capsys.readouterr().out
     assert "output_size: 10" in out and "total" in out
+
+
+def test_convert_is_a_subcommand_and_names_the_known_models(tmp_path, capsys):
+    from efficientvit_jax.cli import main
+
+    rc = main(
+        [
+            "convert",
+            "--model",
+            "efficientvit_b9",
+            "--input",
+            str(tmp_path / "x"),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "unknown model 'efficientvit_b9'" in err and "efficientvit_m5" in err
+    assert not (tmp_path / "o").exists()

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-import efficientvit_jax.zoo.mit  # noqa: F401  (registers the MIT variants)
+import efficientvit_jax.zoo  # noqa: F401  (registers every family)
 from efficientvit_jax.zoo.registry import create_model, get_entry, load_timm_weights
 
 VARIABLES_DIR = "variables"
