@@ -22,7 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from efficientvit_jax.config import DATA_FORMATS, LAYOUTS, EfficientViTConfig
+from efficientvit_jax.config import DATA_FORMATS, LAYOUTS, REMAT_OPTIONS, EfficientViTConfig
+from efficientvit_jax.training.distributed import add_scale_flags
 from efficientvit_jax.zoo.convert_cli import add_convert_args, run_convert
 
 
@@ -51,6 +52,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-format", choices=DATA_FORMATS, default=d.data_format)
     g.add_argument("--dtype", default="float32", help="computation dtype, e.g. bfloat16")
     g.add_argument("--drop-path-rate", type=float, default=d.drop_path_rate)
+    g.add_argument(
+        "--remat",
+        choices=REMAT_OPTIONS,
+        default=d.remat,
+        help="recompute each block in the backward pass (block, or a jax.checkpoint_policies name)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EfficientViTConfig:
@@ -68,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> EfficientViTConfig:
         data_format=args.data_format,
         dtype=args.dtype,
         drop_path_rate=args.drop_path_rate,
+        remat=args.remat,
     )
 
 
@@ -290,6 +298,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_args(args)
     cfg = config_from_args(args)  # validates the model options (ValueError)
 
+    from efficientvit_jax.training import distributed, precision, sharding
+
+    # Devices, jax.distributed and the mesh before any computation.
+    setup = distributed.setup_from_args(args)
+    if setup.multiprocess:
+        raise ValueError(
+            "multi-process training is not wired into `efficientvit-jax train`; use the "
+            "library (README, 'Scaling out') with one process per host"
+        )
+    if setup.precision != "float32":
+        cfg = cfg.replace(**setup.model_options)
+    n_devices = sharding.batch_size_per_step(setup.mesh)
+
     import jax
     import numpy as np
     from tqdm import tqdm
@@ -314,6 +335,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--batch-size must be <= {n_train} (the training images), got {args.batch_size}"
         )
+    sharding.check_batch_size(args.batch_size, setup.mesh)
     spe = num_batches(n_train, args.batch_size, remainder="drop")
     total_steps = spe * args.epochs
     stop = total_steps if args.max_steps is None else min(args.max_steps, total_steps)
@@ -352,11 +374,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     model = EfficientViT(cfg)
-    optimizer = make_optimizer(
-        args.learning_rate,
-        total_steps=total_steps,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
+    optimizer = setup.wrap_optimizer(
+        make_optimizer(
+            args.learning_rate,
+            total_steps=total_steps,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+        )
     )
     state = create_train_state(model, optimizer, args.seed, data.train_images[: args.batch_size])
     step_losses: list[float] = []
@@ -368,7 +392,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         step_accs = list(extra.get("step_accuracies", []))
         history = list(extra.get("history", []))
         _check_output_writable(out)
-    train_step = make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
+    step_fn = None
+    if setup.loss_scale is not None:
+        step_fn = precision.make_train_step_with_loss_scale(
+            model, optimizer, label_smoothing=args.label_smoothing, jit=False
+        )
+    if n_devices > 1 or step_fn is not None:
+        # Data-parallel (and fsdp) over the mesh: the same step, partitioned by jit.
+        shardings = sharding.state_sharding(
+            state, setup.mesh, fsdp=setup.fsdp, min_fsdp_size=setup.min_fsdp_size
+        )
+        state = sharding.shard_state(state, setup.mesh, shardings)
+        train_step = sharding.make_sharded_train_step(
+            model,
+            optimizer,
+            setup.mesh,
+            shardings,
+            label_smoothing=args.label_smoothing,
+            step_fn=step_fn,
+        )
+    else:
+        train_step = make_train_step(model, optimizer, label_smoothing=args.label_smoothing)
     eval_step = make_eval_step(model)
 
     def held_out() -> dict[str, float]:
@@ -389,6 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     step = int(jax.device_get(state.step))
     start_step = step
+    print(setup.describe(), flush=True)
     print(
         f"training {cfg.layout} EfficientViT ({sum(x.size for x in jax.tree.leaves(state.params)):,} "
         f"params) on digits: {n_train} train / {len(data.test_images)} held-out images, "
@@ -495,6 +540,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_model_flags(train)
     train.set_defaults(**TRAIN_MODEL_DEFAULTS)
     add_train_flags(train)
+    add_scale_flags(train)
     train.set_defaults(func=cmd_train)
     demo = sub.add_parser("demo", help="build, init and run the model on a random batch")
     add_model_flags(demo)

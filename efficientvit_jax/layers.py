@@ -7,6 +7,7 @@ flattens it to ``[batch, h*w, channels]`` by a free reshape.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import flax.linen as nn
@@ -43,7 +44,9 @@ class DepthwiseConv(nn.Module):
     """``kernel_size`` x ``kernel_size`` depthwise conv with bias on an NHWC grid.
 
     Parameters ``kernel`` ``[k, k, 1, C]`` and ``bias`` ``[C]`` have the names
-    and shapes of ``nn.Conv(C, (k, k), feature_group_count=C)``.
+    and shapes of ``nn.Conv(C, (k, k), feature_group_count=C)``. Padding is
+    PyTorch's ``k // 2`` on every side (also for stride 2, where XLA's "SAME"
+    would differ), so timm's depthwise convs convert as they are.
     """
 
     kernel_size: int = 3
@@ -52,14 +55,13 @@ class DepthwiseConv(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: DWConvImpl = "auto"
+    kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         k = self.kernel_size
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (k, k, 1, c), self.param_dtype
-        )
+        kernel = self.param("kernel", self.kernel_init, (k, k, 1, c), self.param_dtype)
         y = depthwise_conv2d(
             x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride, impl=self.impl
         )

@@ -168,3 +168,32 @@ def test_convert_is_a_subcommand_and_names_the_known_models(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "unknown model 'efficientvit_b9'" in err and "efficientvit_m5" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_train_on_a_simulated_mesh_in_bfloat16_with_remat(tmp_path):
+    # A fresh process: the CPU device count must be set before JAX starts.
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "efficientvit_jax.cli",
+        "train",
+        "--cpu-devices",
+        "4",
+        "--mesh",
+        "data=2,fsdp=2",
+    ]
+    cmd += ["--precision", "bfloat16", "--remat", "block", "--max-steps", "2", "--epochs", "1"]
+    cmd += ["--no-progress", "-o", str(out)]
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "4 devices (4 local) in 1 process(es); mesh data=2 fsdp=2; precision bfloat16"
+        in proc.stdout
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["config"]["model"]["remat"] == "block"
+    assert metrics["config"]["model"]["dtype"] == "bfloat16"
+    assert np.isfinite(metrics["step_losses"]).all()

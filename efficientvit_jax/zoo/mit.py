@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d
+from efficientvit_jax import layers
+from efficientvit_jax.ops import DWConvImpl
 from efficientvit_jax.zoo.common import TorchBatchNorm
 from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel
 from efficientvit_jax.zoo.registry import ModelEntry, register
@@ -144,32 +145,10 @@ def _torch_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tupl
     return ((p, p), (p, p))
 
 
-class DepthwiseConv(nn.Module):
-    """Depthwise ``k x k`` conv (PyTorch padding) on NHWC; ``kernel`` is ``[k, k, 1, C]``."""
-
-    kernel_size: int
-    stride: int = 1
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    impl: DWConvImpl = "auto"
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c, k = x.shape[-1], self.kernel_size
-        kernel = self.param("kernel", TORCH_KERNEL_INIT, (k, k, 1, c), self.param_dtype)
-        y = depthwise_conv2d(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            stride=self.stride,
-            padding=_torch_padding(k, self.stride),
-            impl=self.impl,
-        )
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (c,), self.param_dtype).astype(
-                self.dtype
-            )
-        return y
+# timm's depthwise convs: PyTorch's default init, no bias unless asked.
+DepthwiseConv = functools.partial(
+    layers.DepthwiseConv, use_bias=False, kernel_init=TORCH_KERNEL_INIT
+)
 
 
 class GroupedPointwise(nn.Module):
@@ -214,7 +193,7 @@ class ConvNormAct(nn.Module):
             x = DepthwiseConv(
                 k,
                 self.stride,
-                self.use_bias,
+                use_bias=self.use_bias,
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
                 impl=cfg.dwconv_impl,

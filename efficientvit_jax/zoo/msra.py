@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficientvit_jax.ops import depthwise_conv2d
+from efficientvit_jax.layers import DepthwiseConv
 from efficientvit_jax.zoo.common import TorchBatchNorm
 from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel, to_numpy
 from efficientvit_jax.zoo.registry import ModelEntry, register
@@ -162,27 +162,6 @@ def _batch_norm(
     )
 
 
-class _DepthwiseKernel(nn.Module):
-    """A bias-free depthwise conv with PyTorch's symmetric padding (``kernel`` ``[k, k, 1, C]``)."""
-
-    kernel_size: int
-    stride: int = 1
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param("kernel", _torch_default_init, (k, k, 1, x.shape[-1]), self.param_dtype)
-        p = k // 2
-        return depthwise_conv2d(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            stride=self.stride,
-            padding=((p, p), (p, p)),
-        )
-
-
 class ConvNorm(nn.Module):
     """timm's ``ConvNorm``: a bias-free conv (``conv``) then BatchNorm (``bn``).
 
@@ -206,8 +185,14 @@ class ConvNorm(nn.Module):
                 raise ValueError(
                     f"depthwise ConvNorm: {x.shape[-1]} channels in, {self.out_chs} out"
                 )
-            x = _DepthwiseKernel(
-                k, self.stride, dtype=self.dtype, param_dtype=self.param_dtype, name="conv"
+            x = DepthwiseConv(
+                k,
+                self.stride,
+                use_bias=False,
+                kernel_init=_torch_default_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="conv",
             )(x)
         else:
             p = k // 2
