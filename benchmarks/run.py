@@ -250,7 +250,7 @@ def bench_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
                 trainer = JaxTrainer(model, jax.tree.map(jnp.copy, variables), xj, y)
                 tm = timm.create_model(name, pretrained=False).train()
                 opt = torch.optim.AdamW(tm.parameters(), lr=1e-4)
-                yt = torch.as_tensor(np.asarray(y))
+                yt = torch.as_tensor(np.array(y), dtype=torch.long)
 
                 def torch_train(tm=tm, opt=opt, xt=xt, yt=yt):
                     opt.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 def elu_plus_one(x: jax.Array) -> jax.Array:
@@ -19,7 +20,17 @@ def elu_plus_one(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x + 1, jnp.exp(jnp.minimum(x, 0)))
 
 
-def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, eps: float = 1e-8) -> jax.Array:
+DEFAULT_CHUNK = 4096
+
+
+def linear_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    eps: float = 1e-8,
+    chunk_size: int | None = DEFAULT_CHUNK,
+) -> jax.Array:
     """Kernelised attention with the feature map ``phi = elu + 1``.
 
     ``out[n] = phi(q[n]) @ (sum_m phi(k[m]) v[m]^T) / (phi(q[n]) . sum_m phi(k[m]) + eps)``
@@ -32,6 +43,12 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, eps: float = 1
       k: ``[..., m, d]`` keys.
       v: ``[..., m, e]`` values.
       eps: added to the normaliser.
+      chunk_size: with more than twice this many tokens, keys and queries are
+        processed this many at a time in a loop, so that each chunk's feature
+        map, products and quotient stay in cache instead of making one pass
+        over memory each (1.5x faster at 65,536 tokens on CPU, see
+        benchmarks/). ``None`` computes everything at once. Same result either
+        way, up to float rounding.
 
     Returns:
       ``[..., n, e]`` in the dtype of ``v``. Sums and the division run in
@@ -48,15 +65,73 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, eps: float = 1
             f"linear_attention: q and k need the same feature size and k, v the same token "
             f"count, got q {q.shape}, k {k.shape}, v {v.shape}"
         )
-    out_dtype = v.dtype
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"linear_attention: chunk_size must be >= 1 or None, got {chunk_size}")
+    kv, k_sum = _key_sums(k, v, chunk_size)
+    return _queries(q, kv, k_sum, eps, v.dtype, chunk_size)
+
+
+def _chunks(n: int, chunk_size: int | None) -> tuple[int, int]:
+    """(number of full chunks, chunk size) for looping, or (0, n) to do it in one go."""
+    if chunk_size is None or n < 2 * chunk_size:
+        return 0, n
+    return n // chunk_size, chunk_size
+
+
+def _key_sums(k: jax.Array, v: jax.Array, chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
+    """``sum_m phi(k[m]) v[m]^T`` ``[..., d, e]`` and ``sum_m phi(k[m])`` ``[..., d]``, float32."""
     f32 = jnp.float32
-    phi_q = elu_plus_one(q.astype(f32))
-    phi_k = elu_plus_one(k.astype(f32))
-    kv = jnp.einsum("...md,...me->...de", phi_k, v.astype(f32))
-    k_sum = jnp.sum(phi_k, axis=-2)
-    num = jnp.einsum("...nd,...de->...ne", phi_q, kv)
-    den = jnp.einsum("...nd,...d->...n", phi_q, k_sum) + eps
-    return (num / den[..., None]).astype(out_dtype)
+
+    def sums(kc: jax.Array, vc: jax.Array) -> tuple[jax.Array, jax.Array]:
+        phi = elu_plus_one(kc.astype(f32))
+        return jnp.einsum("...md,...me->...de", phi, vc.astype(f32)), jnp.sum(phi, axis=-2)
+
+    m = k.shape[-2]
+    full, c = _chunks(m, chunk_size)
+    if full == 0:
+        return sums(k, v)
+
+    def body(i, acc):
+        kv, ks = sums(
+            lax.dynamic_slice_in_dim(k, i * c, c, axis=-2),
+            lax.dynamic_slice_in_dim(v, i * c, c, axis=-2),
+        )
+        return acc[0] + kv, acc[1] + ks
+
+    lead, d, e = k.shape[:-2], k.shape[-1], v.shape[-1]
+    init = (jnp.zeros((*lead, d, e), f32), jnp.zeros((*lead, d), f32))
+    kv, ks = lax.fori_loop(0, full, body, init)
+    if full * c < m:  # the remainder, a static slice
+        kv_r, ks_r = sums(k[..., full * c :, :], v[..., full * c :, :])
+        kv, ks = kv + kv_r, ks + ks_r
+    return kv, ks
+
+
+def _queries(
+    q: jax.Array, kv: jax.Array, k_sum: jax.Array, eps: float, dtype: Any, chunk_size: int | None
+) -> jax.Array:
+    """Each query's normalised read of the key sums, cast to ``dtype``."""
+
+    def read(qc: jax.Array) -> jax.Array:
+        phi = elu_plus_one(qc.astype(jnp.float32))
+        num = jnp.einsum("...nd,...de->...ne", phi, kv)
+        den = jnp.einsum("...nd,...d->...n", phi, k_sum) + eps
+        return (num / den[..., None]).astype(dtype)
+
+    n = q.shape[-2]
+    full, c = _chunks(n, chunk_size)
+    if full == 0:
+        return read(q)
+    out = jnp.zeros((*q.shape[:-2], n, kv.shape[-1]), dtype)
+
+    def body(i, out):
+        part = read(lax.dynamic_slice_in_dim(q, i * c, c, axis=-2))
+        return lax.dynamic_update_slice_in_dim(out, part, i * c, axis=-2)
+
+    out = lax.fori_loop(0, full, body, out)
+    if full * c < n:
+        out = out.at[..., full * c :, :].set(read(q[..., full * c :, :]))
+    return out
 
 
 class CascadedGroupAttention(nn.Module):

@@ -127,3 +127,22 @@ def test_cga_heads_have_their_own_projections():
     assert sorted(params) == ["head_0", "head_1", "head_2", "head_3", "proj"]
     assert params["head_0"]["kernel"].shape == (8, 24)  # fused Q, K, V: d/h -> 3 * d/h
     assert params["proj"]["kernel"].shape == (32, 32)
+
+
+@pytest.mark.parametrize("n,m", [(37, 37), (16, 29), (40, 8)])
+def test_chunked_loop_equals_one_pass_and_quadratic_formula(n, m):
+    # chunk_size 8: full chunks in a loop plus a remainder, for queries and keys apart.
+    kq, kk, kv = jax.random.split(jax.random.key(9), 3)
+    q = jax.random.normal(kq, (2, 3, n, 4))
+    k = jax.random.normal(kk, (2, 3, m, 4))
+    v = jax.random.normal(kv, (2, 3, m, 5))
+    chunked = jax.jit(lambda q, k, v: ev.linear_attention(q, k, v, chunk_size=8))(q, k, v)
+    np.testing.assert_allclose(
+        chunked, ev.linear_attention(q, k, v, chunk_size=None), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(chunked, quadratic_reference(q, k, v), rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda q: ev.linear_attention(q, k, v, chunk_size=8).sum())(q)
+    ref = jax.grad(lambda q: ev.linear_attention(q, k, v, chunk_size=None).sum())(q)
+    np.testing.assert_allclose(grads, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ev.linear_attention(q, k, v, chunk_size=0)
