@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from efficientvit_jax.training.state import TrainState
-from efficientvit_jax.training.steps import Metrics, cross_entropy
+from efficientvit_jax.training.steps import Metrics, apply_for_training, cross_entropy
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -153,26 +153,31 @@ def make_train_step_with_loss_scale(
         scale = loss_scale_state(state.opt_state).scale
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-            logits = model.apply(
-                {"params": params}, batch["images"], train=True, rngs={"dropout": dropout_key}
-            )
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+            logits, stats = apply_for_training(model, params, state, batch["images"], dropout_key)
             loss, acc = cross_entropy(
                 logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
             )
-            return loss * scale, (loss, acc)
+            return loss * scale, (loss, acc, stats)
 
-        (_, (loss, acc)), scaled_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, acc, stats)), scaled_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, opt_state = optimizer.update(scaled_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         grads = jax.tree.map(lambda g: g.astype(jnp.float32) / scale, scaled_grads)
+        # A skipped (non-finite) step keeps the old BatchNorm statistics too.
+        finite = all_finite(grads)
+        stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stats, state.batch_stats)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats
+        )
         return new_state, {
             "loss": loss,
             "accuracy": acc,
             "grad_norm": optax.tree.norm(grads),
             "loss_scale": scale,
-            "finite": all_finite(grads).astype(jnp.float32),
+            "finite": finite.astype(jnp.float32),
         }
 
     if not jit:

@@ -163,6 +163,7 @@ def state_sharding(
         params=jax.tree.map(leaf, state.params),
         opt_state=jax.tree.map(leaf, state.opt_state),
         rng=rep,
+        batch_stats=jax.tree.map(lambda _: rep, state.batch_stats),
     )
 
 

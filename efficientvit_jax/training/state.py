@@ -1,7 +1,8 @@
-"""The train state: params, optimizer state, step and rng, as one pytree."""
+"""The train state: params, optimizer state, step, rng (and BatchNorm statistics), as one pytree."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -21,12 +22,16 @@ class TrainState:
       opt_state: the optimizer's state.
       rng: a raw ``uint32[2]`` PRNG key; each step folds ``step`` into it, so the
         randomness of a step depends on the state alone (exact resume).
+      batch_stats: the model's ``"batch_stats"`` collection (BatchNorm running
+        statistics of the paper models), updated by every train step; ``{}``
+        for models without one.
     """
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    batch_stats: Any = dataclasses.field(default_factory=dict)
 
 
 def _raw_key(rng: jax.Array | int) -> jax.Array:
@@ -57,10 +62,10 @@ def create_train_state(
     if isinstance(sample_images, jax.ShapeDtypeStruct):
         sample_images = jnp.zeros(sample_images.shape, sample_images.dtype)
     variables = jax.jit(model.init)(init_key, sample_images)
-    extra = set(variables) - {"params"}
+    extra = set(variables) - {"params", "batch_stats"}
     if extra:
         raise ValueError(
-            f"create_train_state supports models whose only variables are 'params'; "
+            f"create_train_state supports models with 'params' and 'batch_stats' variables; "
             f"this one also has {sorted(extra)}"
         )
     params = variables["params"]
@@ -69,4 +74,5 @@ def create_train_state(
         params=params,
         opt_state=optimizer.init(params),
         rng=state_key,
+        batch_stats=variables.get("batch_stats", {}),
     )

@@ -91,6 +91,29 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
 
 
+def apply_for_training(
+    model: nn.Module, params: Any, state: TrainState, images: jax.Array, dropout_key: jax.Array
+) -> tuple[jax.Array, Any]:
+    """``model`` in training mode: ``(logits, new_batch_stats)``.
+
+    Models with a ``"batch_stats"`` collection (BatchNorm) use the batch's
+    statistics and return the updated running ones; others return ``{}``.
+    Whether the state has statistics is known at trace time (a pytree's shape).
+    """
+    variables = {"params": params}
+    if not state.batch_stats:
+        logits = model.apply(variables, images, train=True, rngs={"dropout": dropout_key})
+        return logits, state.batch_stats
+    logits, updates = model.apply(
+        {**variables, "batch_stats": state.batch_stats},
+        images,
+        train=True,
+        rngs={"dropout": dropout_key},
+        mutable=["batch_stats"],
+    )
+    return logits, updates["batch_stats"]
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -109,18 +132,19 @@ def make_train_step(
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
-        def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
-            logits = model.apply(
-                {"params": params}, batch["images"], train=True, rngs={"dropout": dropout_key}
-            )
-            return cross_entropy(
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+            logits, stats = apply_for_training(model, params, state, batch["images"], dropout_key)
+            loss, acc = cross_entropy(
                 logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
             )
+            return loss, (acc, stats)
 
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats
+        )
         return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=(0,) if donate else ())
@@ -137,7 +161,10 @@ def make_eval_step(
     """
 
     def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
-        logits = model.apply({"params": state.params}, batch["images"], train=False)
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        logits = model.apply(variables, batch["images"], train=False)
         logits = logits.astype(jnp.float32)
         labels = batch["labels"]
         mask = batch.get("mask")
