@@ -557,6 +557,16 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+_EXTRAS = {
+    "tqdm": "train",
+    "sklearn": "train",
+    "matplotlib": "train",
+    "orbax": "train",
+    "safetensors": "zoo",
+    "torch": "timm",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -567,6 +577,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         # One line: config and checkpoint messages are single sentences already.
         print(f"efficientvit-jax: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # train and convert need optional dependencies; say which extra brings them.
+        extra = _EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"efficientvit-jax: error: `{args.command}` needs {e.name}: "
+            f"pip install 'efficientvit-jax[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
 
 

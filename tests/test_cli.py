@@ -197,3 +197,11 @@ def test_train_on_a_simulated_mesh_in_bfloat16_with_remat(tmp_path):
     assert metrics["step"] == 2 and metrics["config"]["model"]["remat"] == "block"
     assert metrics["config"]["model"]["dtype"] == "bfloat16"
     assert np.isfinite(metrics["step_losses"]).all()
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if the 'train' extra were not installed
+    rc = main(["train", "--max-steps", "1", "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "`train` needs tqdm: pip install 'efficientvit-jax[train]'" in err
+    assert not (tmp_path / "run").exists()
