@@ -121,16 +121,20 @@ class EdificeBlock(nn.Module):
         return x + dense(d, name=f"{pre}_ffn_fc2")(y)
 
 
-def edifice_forward(module: nn.Module, config: EfficientViTConfig, grid: jax.Array) -> jax.Array:
+def edifice_forward(
+    module: nn.Module, config: EfficientViTConfig, grid: jax.Array
+) -> tuple[jax.Array, list[jax.Array]]:
     """Edifice's forward pass on a patch grid ``[batch, h, w, C*P*P]``.
 
     Must be called from ``module``'s compact method: the layers are created,
-    with their Axon names, in that module's scope. Stage outputs are sown as
-    ``stage_{i}`` grids ``[batch, h, w, dims[i]]`` (the grid never shrinks).
+    with their Axon names, in that module's scope. Returns the output and the
+    stage grids ``[batch, h, w, dims[i]]`` (the grid never shrinks), which are
+    also sown as ``stage_{i}``.
     """
     b, gh, gw, f = grid.shape
     dense, norm = _layers(config)
     block_cls = maybe_remat(EdificeBlock, config.remat, static_train=False)
+    stages = []
     x = dense(config.dims[0], name="patch_embed_proj")(grid.reshape(b, gh * gw, f))
     for i, (depth, d, heads) in enumerate(
         zip(config.depths, config.dims, config.num_heads, strict=True)
@@ -141,11 +145,12 @@ def edifice_forward(module: nn.Module, config: EfficientViTConfig, grid: jax.Arr
             block = block_cls(config, f"stage_{i}_block_{j}", heads, name=f"_block_{i}_{j}")
             nn.share_scope(module, block)
             x = block(x)
-        module.sow("intermediates", f"stage_{i}", x.reshape(b, gh, gw, d))
+        stages.append(x.reshape(b, gh, gw, d))
+        module.sow("intermediates", f"stage_{i}", stages[-1])
     x = norm(name="final_norm")(x).mean(axis=1)
     if config.num_classes is not None:
         x = dense(config.num_classes, name="classifier")(x)
-    return x
+    return x, stages
 
 
 _AXON_TO_FLAX = {"kernel": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}

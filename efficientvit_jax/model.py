@@ -54,6 +54,10 @@ class EfficientViT(nn.Module):
     features without ``num_classes``. ``train=True`` enables stochastic depth,
     which draws from the ``'dropout'`` rng stream.
 
+    ``features=True`` returns the list of per-stage grids instead,
+    ``[B, h_i, w_i, dims[i]]`` (NHWC; the cascaded layout halves the grid at
+    every stage, Edifice's keeps it), for dense prediction.
+
     With ``mutable=['intermediates']`` the per-stage grids are sown as
     ``stage_{i}`` (``[B, h_i, w_i, dims[i]]``) and, in the cascaded layout,
     each attention layer's concatenated head outputs as ``heads``.
@@ -62,21 +66,28 @@ class EfficientViT(nn.Module):
     config: EfficientViTConfig
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, *, train: bool = False, features: bool = False
+    ) -> jax.Array | list[jax.Array]:
         cfg = self.config
         check_images(cfg, images.shape)
         images = jnp.asarray(images, cfg.dtype)
         grid = patchify(images, cfg.patch_size, cfg.data_format)
         if cfg.layout == "edifice":
-            return edifice_forward(self, cfg, grid)
-        return self._cascaded(grid, train)
+            out, stages = edifice_forward(self, cfg, grid)
+        else:
+            out, stages = self._cascaded(grid, train)
+        # The head runs either way so that init creates every parameter; under
+        # jit XLA drops it when only the features are used.
+        return stages if features else out
 
-    def _cascaded(self, x: jax.Array, train: bool) -> jax.Array:
+    def _cascaded(self, x: jax.Array, train: bool) -> tuple[jax.Array, list[jax.Array]]:
         cfg = self.config
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         x = nn.Dense(cfg.dims[0], name="patch_embed", **kw)(x)
         rates = cfg.drop_path_rates()
         block = maybe_remat(CascadedBlock, cfg.remat)
+        stages = []
         for i, (depth, d, heads) in enumerate(
             zip(cfg.depths, cfg.dims, cfg.num_heads, strict=True)
         ):
@@ -90,11 +101,12 @@ class EfficientViT(nn.Module):
                     name=f"stage_{i}_block_{j}",
                     **kw,
                 )(x, train)
+            stages.append(x)
             self.sow("intermediates", f"stage_{i}", x)
         x = LayerNorm(name="final_norm", **kw)(x).mean(axis=(1, 2))
         if cfg.num_classes is not None:
             x = nn.Dense(cfg.num_classes, name="classifier", **kw)(x)
-        return x
+        return x, stages
 
 
 def build(config: EfficientViTConfig | None = None, **opts: Any) -> EfficientViT:

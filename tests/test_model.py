@@ -224,3 +224,15 @@ def test_linen_model_traces_under_nnx_bridge():
     out = wrapped(x)
     params = nnx.to_pure_dict(nnx.state(wrapped, nnx.Param))
     np.testing.assert_allclose(out, model.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
+
+
+def test_features_are_every_stage_grid(tiny):
+    model, variables, images = tiny
+    feats = jax.jit(lambda v, x: model.apply(v, x, features=True))(variables, images)
+    _, state = model.apply(variables, images, mutable=["intermediates"])
+    sown = [state["intermediates"][f"stage_{i}"][0] for i in range(2)]
+    # 32x32 images, patch 8: a 4x4 grid; the cascaded layout halves it, Edifice's keeps it.
+    grids = [(4, 4), (2, 2)] if model.config.layout == "cascaded" else [(4, 4), (4, 4)]
+    assert [f.shape for f in feats] == [(3, *g, d) for g, d in zip(grids, (16, 32), strict=True)]
+    for f, s in zip(feats, sown, strict=True):
+        np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-6)
