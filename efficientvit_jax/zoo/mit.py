@@ -200,10 +200,10 @@ class ConvNormAct(nn.Module):
                 name="conv",
             )(x)
         else:
-            x = nn.Conv(
+            x = layers.Conv2d(
                 self.features,
-                (k, k),
-                strides=(self.stride, self.stride),
+                k,
+                self.stride,
                 padding=_torch_padding(k, self.stride),
                 use_bias=self.use_bias,
                 dtype=cfg.dtype,

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficientvit_jax.layers import DepthwiseConv
+from efficientvit_jax.layers import Conv2d, DepthwiseConv
 from efficientvit_jax.zoo.common import TorchBatchNorm
 from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel, to_numpy
 from efficientvit_jax.zoo.registry import ModelEntry, register
@@ -196,10 +196,10 @@ class ConvNorm(nn.Module):
             )(x)
         else:
             p = k // 2
-            x = nn.Conv(
+            x = Conv2d(
                 self.out_chs,
-                (k, k),
-                strides=(self.stride, self.stride),
+                k,
+                self.stride,
                 padding=((p, p), (p, p)),
                 use_bias=False,
                 dtype=self.dtype,
