@@ -14,17 +14,11 @@ from efficientvit_jax.layers import CascadedBlock, LayerNorm, PatchMerging, mayb
 from efficientvit_jax.ops import patchify
 
 
-def expected_image_shape(config: EfficientViTConfig, height: int, width: int) -> tuple[str, ...]:
-    """The input shape the model expects, as a readable tuple (``B`` for any batch)."""
-    c = str(config.in_channels)
-    h, w = str(height), str(width)
-    return ("B", c, h, w) if config.data_format == "NCHW" else ("B", h, w, c)
-
-
 def check_images(config: EfficientViTConfig, shape: tuple[int, ...]) -> None:
     """Raise ``ValueError`` (expected vs given shape) unless ``shape`` is a valid image batch."""
     p = config.patch_size
-    expect = expected_image_shape(config, "H", "W")  # type: ignore[arg-type]
+    ch = str(config.in_channels)
+    expect = ("B", ch, "H", "W") if config.data_format == "NCHW" else ("B", "H", "W", ch)
     rule = f"{config.data_format} images {expect} with H and W divisible by patch_size={p}"
     if len(shape) != 4:
         raise ValueError(
