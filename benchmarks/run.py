@@ -10,7 +10,8 @@ Sections (``--sections`` picks some):
   attention  linear attention against softmax (``jax.nn.dot_product_attention``), 256 to 65,536
              tokens: time and the memory XLA plans for the compiled program, plus a log-log plot
   zoo        the paper models against timm's PyTorch models of the same name (needs torch/timm):
-             inference at batch 1 and 32 and a train step, alternating JAX and torch runs
+             inference at batch 1 and 32 and a train step, alternating JAX runs with runs of
+             timm in a worker process of its own (benchmarks/torch_worker.py says why)
 
 Every time is the median of ``--repeats`` runs after a warm-up. JAX and torch runs alternate so that
 drift of the machine hits both alike. Numbers are only comparable within one run on one machine.
@@ -35,6 +36,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_worker, also when loaded by path
 
 import efficientvit_jax as ev
 from efficientvit_jax.summary import xla_flops
@@ -56,17 +58,30 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median times of several functions, run in turn (a, b, a, b, ...) after one warm-up each."""
+def alternate(
+    fns: dict[str, Callable[[], Any]], repeats: int, *, turn: int = 1, settle: int = 0
+) -> dict[str, float]:
+    """Median times of several functions taking turns (a, b, a, b, ...) after one warm-up each.
+
+    Each turn is ``settle`` untimed runs then ``turn`` timed runs, until every function has
+    ``repeats`` timed runs. ``settle`` is for frameworks that disturb each other: on this machine
+    the first JAX step after a timm train step (even in another process) ran up to 2x slower,
+    the next ones did not (see torch_worker.py). A function that returns a float has timed itself
+    (a run in another process) and that time is used; otherwise the wall time of the call is.
+    """
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
+    while min(len(v) for v in times.values()) < repeats:
         for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+            for _ in range(settle):
+                fn()
+            for _ in range(turn):
+                t = time.perf_counter()
+                out = fn()
+                wall = time.perf_counter() - t
+                times[k].append(out if isinstance(out, float) else wall)
+    return {k: statistics.median(v[:repeats]) for k, v in times.items()}
 
 
 def matmul_rate(repeats: int, quick: bool) -> float:
@@ -209,61 +224,63 @@ def bench_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
     except ImportError as e:
         print(f"zoo: skipped ({e}); install torch and timm to compare with timm", flush=True)
         return []
+    from torch_worker import TorchWorker
+
     from efficientvit_jax.zoo import create_model, load_timm_weights
 
-    torch.set_num_threads(os.cpu_count() or 1)
     names = args.models.split(",")
     size = 64 if args.quick else 224
     batches = (1, 2) if args.quick else (1, 32)
     rows = []
-    for name in names:
-        tmodel = timm.create_model(name, pretrained=False).eval()
-        variables = load_timm_weights(tmodel.state_dict(), name)
-        model = create_model(name)
-        for batch in batches:
-            xt = torch.rand(batch, 3, size, size)
-            xj = jnp.asarray(xt.numpy())
-            apply = (
-                jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, xj).compile()
-            )
-
-            def torch_infer(tmodel=tmodel, xt=xt):
-                with torch.inference_mode():
-                    tmodel(xt)
-
-            times = alternate(
-                {
-                    "jax": lambda apply=apply, xj=xj, v=variables: block(apply(v, xj)),
-                    "torch": torch_infer,
-                },
-                args.repeats,
-            )
-            row = dict(
-                model=name,
-                batch=batch,
-                jax_infer_img_s=batch / times["jax"],
-                timm_infer_img_s=batch / times["torch"],
-            )
-            row["infer_ratio"] = row["jax_infer_img_s"] / row["timm_infer_img_s"]
-            if batch == batches[-1]:
-                y = jnp.arange(batch) % 1000
-                trainer = JaxTrainer(model, jax.tree.map(jnp.copy, variables), xj, y)
-                tm = timm.create_model(name, pretrained=False).train()
-                opt = torch.optim.AdamW(tm.parameters(), lr=1e-4)
-                yt = torch.as_tensor(np.array(y), dtype=torch.long)
-
-                def torch_train(tm=tm, opt=opt, xt=xt, yt=yt):
-                    opt.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.cross_entropy(tm(xt), yt)
-                    loss.backward()
-                    opt.step()
-
-                times = alternate({"jax": trainer, "torch": torch_train}, args.repeats)
-                row["jax_train_img_s"] = batch / times["jax"]
-                row["timm_train_img_s"] = batch / times["torch"]
-                row["train_ratio"] = row["jax_train_img_s"] / row["timm_train_img_s"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    turns = dict(turn=2, settle=1) if not args.quick else {}
+    worker = TorchWorker(os.cpu_count() or 1)  # timm runs in its own process: see torch_worker.py
+    try:
+        for name in names:
+            torch.manual_seed(0)
+            state = {
+                k: v.numpy()
+                for k, v in timm.create_model(name, pretrained=False).state_dict().items()
+            }
+            variables = load_timm_weights(state, name)
+            model = create_model(name)
+            for batch in batches:
+                x = np.random.default_rng(batch).random((batch, 3, size, size), np.float32)
+                xj = jnp.asarray(x)
+                apply = (
+                    jax.jit(lambda v, x, model=model: model.apply(v, x))
+                    .lower(variables, xj)
+                    .compile()
+                )
+                worker.setup(name, state, x, None, train=False)
+                times = alternate(
+                    {
+                        "jax": lambda apply=apply, xj=xj, v=variables: block(apply(v, xj)),
+                        "torch": worker,
+                    },
+                    args.repeats,
+                    **turns,
+                )
+                row = dict(
+                    model=name,
+                    batch=batch,
+                    jax_infer_img_s=batch / times["jax"],
+                    timm_infer_img_s=batch / times["torch"],
+                )
+                row["infer_ratio"] = row["jax_infer_img_s"] / row["timm_infer_img_s"]
+                if batch == batches[-1]:
+                    y = np.arange(batch) % 1000
+                    trainer = JaxTrainer(
+                        model, jax.tree.map(jnp.copy, variables), xj, jnp.asarray(y)
+                    )
+                    worker.setup(name, state, x, y, train=True)
+                    times = alternate({"jax": trainer, "torch": worker}, args.repeats, **turns)
+                    row["jax_train_img_s"] = batch / times["jax"]
+                    row["timm_train_img_s"] = batch / times["torch"]
+                    row["train_ratio"] = row["jax_train_img_s"] / row["timm_train_img_s"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        worker.close()
     return rows
 
 

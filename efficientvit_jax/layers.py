@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from efficientvit_jax.attention import CascadedGroupAttention
-from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d, drop_path
+from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d, drop_path, pointwise_conv
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -98,7 +98,7 @@ class Conv2d(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         pad = ((k // 2, k // 2), (k // 2, k // 2)) if self.padding is None else self.padding
         if k == 1 and self.stride == 1 and pad == ((0, 0), (0, 0)):
-            y = jnp.einsum("...c,cd->...d", x, kernel[0, 0])
+            y = pointwise_conv(x, kernel[0, 0])
         else:
             y = jax.lax.conv_general_dilated(
                 x,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from efficientvit_jax.ops import depthwise_conv2d, drop_path, patchify
+from efficientvit_jax import ops
+from efficientvit_jax.ops import depthwise_conv2d, drop_path, patchify, pointwise_conv
 
 
 def xla_depthwise(x, w, stride, pads):
@@ -113,3 +114,40 @@ def test_shifted_gradients_keep_input_dtypes_in_bfloat16():
         np.testing.assert_allclose(
             np.asarray(a, np.float32), b, atol=0.05 * float(jnp.abs(b).max())
         )
+
+
+@pytest.mark.parametrize(
+    "shape, chunk",
+    [
+        ((4, 6, 5, 8), 30),  # 30 tokens per image: one image a chunk, 4 chunks
+        ((6, 3, 4, 8), 30),  # 12 per image: 2 images a chunk, 3 chunks
+        ((5, 7, 8), 16),  # [batch, tokens, C]; 5 images, 7 tokens: 2 fit but 5 is odd -> 1
+        ((4, 6, 5, 8), 10**6),  # the whole batch in one product
+    ],
+)
+def test_pointwise_conv_equals_einsum_values_and_gradients(shape, chunk, monkeypatch):
+    monkeypatch.setattr(ops, "_POINTWISE_CHUNK_TOKENS", chunk)
+    kx, kk, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (8, 12))
+    g = jax.random.normal(kg, (*shape[:-1], 12))
+
+    def ref(x, kernel):
+        return jnp.einsum("...c,cd->...d", x, kernel, precision=lax.Precision.HIGHEST)
+
+    y, vjp = jax.vjp(lambda x, k: pointwise_conv(x, k, impl="shifted"), x, kernel)
+    y_ref, vjp_ref = jax.vjp(ref, x, kernel)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_pointwise_conv_keeps_dtype_and_rejects_bad_kernel():
+    x = jnp.ones((2, 3, 3, 4), jnp.bfloat16)
+    kernel = jnp.ones((4, 5), jnp.bfloat16)
+    grads = jax.grad(lambda x, k: pointwise_conv(x, k).astype(jnp.float32).sum(), (0, 1))(x, kernel)
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16]
+    # 18 tokens of ones: every kernel gradient entry is exactly 18
+    np.testing.assert_array_equal(grads[1].astype(jnp.float32), np.full((4, 5), 18.0))
+    with pytest.raises(ValueError, match=r"kernel \[4, D\].*got \(5, 4\)"):
+        pointwise_conv(x, jnp.ones((5, 4)))
