@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from efficientvit_jax.attention import CascadedGroupAttention
-from efficientvit_jax.ops import DWConvImpl, depthwise_conv2d, drop_path, pointwise_conv
+from efficientvit_jax.ops import DWConvImpl, conv2d, depthwise_conv2d, drop_path
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -72,12 +72,13 @@ class DepthwiseConv(nn.Module):
 
 
 class Conv2d(nn.Module):
-    """A full 2-D conv on NHWC with explicit (PyTorch-style) padding; 1x1 convs as a matmul.
+    """A full 2-D conv on NHWC with explicit (PyTorch-style) padding, by ``ops.conv2d``.
 
     Parameters ``kernel`` ``[k, k, C_in, features]`` and ``bias`` have the names
-    and shapes of ``nn.Conv``. A 1x1 stride-1 conv is a plain contraction over
-    channels, 2-3x faster forward and about 2x backward than XLA's conv on CPU
-    ([32, 14, 14, 64] -> 128: 0.62 ms against 1.12 ms; gradients 3.8 against 8.0).
+    and shapes of ``nn.Conv``. On CPU a 1x1 stride-1 conv is a plain contraction
+    over channels, 2-3x faster forward and about 2x backward than XLA's conv
+    ([32, 14, 14, 64] -> 128: 0.62 ms against 1.12 ms; gradients 3.8 against 8.0),
+    and an RGB stem a fused sum of slices (4-5x faster forward).
     """
 
     features: int
@@ -96,17 +97,7 @@ class Conv2d(nn.Module):
             "kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype
         )
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        pad = ((k // 2, k // 2), (k // 2, k // 2)) if self.padding is None else self.padding
-        if k == 1 and self.stride == 1 and pad == ((0, 0), (0, 0)):
-            y = pointwise_conv(x, kernel[0, 0])
-        else:
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                (self.stride, self.stride),
-                pad,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+        y = conv2d(x, kernel, stride=self.stride, padding=self.padding)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)

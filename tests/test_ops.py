@@ -151,3 +151,43 @@ def test_pointwise_conv_keeps_dtype_and_rejects_bad_kernel():
     np.testing.assert_array_equal(grads[1].astype(jnp.float32), np.full((4, 5), 18.0))
     with pytest.raises(ValueError, match=r"kernel \[4, D\].*got \(5, 4\)"):
         pointwise_conv(x, jnp.ones((5, 4)))
+
+
+@pytest.mark.parametrize(
+    "hw, k, cin, stride, pads",
+    [
+        ((9, 9), 3, 3, 2, ((1, 1), (1, 1))),  # an RGB stem: odd size, stride 2
+        ((8, 10), 3, 3, 2, ((1, 1), (1, 1))),  # even and non-square
+        ((7, 6), 5, 1, 1, ((2, 2), (2, 2))),
+        ((6, 6), 2, 4, 2, ((0, 1), (1, 0))),  # even kernel, asymmetric pads
+        ((5, 5), 1, 2, 1, ((0, 0), (0, 0))),  # 1x1: the pointwise path
+        ((6, 5), 3, 6, 1, ((1, 1), (1, 1))),  # more channels: XLA's conv
+    ],
+)
+def test_conv2d_equals_xla_values_and_gradients(hw, k, cin, stride, pads, monkeypatch):
+    monkeypatch.setattr(ops, "_POINTWISE_CHUNK_TOKENS", 40)  # several chunks in the kernel grad
+    kx, kk = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (4, *hw, cin))
+    kernel = jax.random.normal(kk, (k, k, cin, 5))
+
+    def ref(x, kernel):
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride, stride),
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST,
+        )
+
+    y, vjp = jax.vjp(lambda x, w: ops.conv2d(x, w, stride=stride, padding=pads), x, kernel)
+    y_ref, vjp_ref = jax.vjp(ref, x, kernel)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.key(8), y.shape)
+    for got, want in zip(vjp(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_conv2d_rejects_mismatched_channels():
+    with pytest.raises(ValueError, match=r"x \[B, H, W, 3\].*got \(1, 4, 4, 2\)"):
+        ops.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 8)))
