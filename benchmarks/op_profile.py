@@ -31,13 +31,6 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# One core, set before XLA's client starts: its thread pool follows the affinity mask, so every op
-# then runs to completion before the next starts and the trace's per-op times are exact and add up
-# to the step (with two cores, work in flight on the pool overlaps and the markers do not separate
-# it). The shares carry over to the multi-core run; --all-cores keeps every core.
-if "--all-cores" not in sys.argv and hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
 import efficientvit_jax as ev
 
 # Runtime bookkeeping, and control flow whose body ops are traced on their own (a while loop's
@@ -105,17 +98,17 @@ def op_times(xspace_path: str) -> dict[str, float]:
     return {k: v / 1e9 for k, v in times.items()}
 
 
-def build_step(name: str, batch: int, train: bool) -> tuple[Any, tuple[Any, ...]]:
+def build_step(name: str, batch: int, train: bool, size: int = 224) -> tuple[Any, tuple[Any, ...]]:
     """A jitted inference or SGD train step of a zoo model (or the core model) and its arguments."""
     if name == "core":
-        model = ev.build(ev.EfficientViTConfig())
-        x = jnp.ones((batch, 3, 224, 224), jnp.float32)
+        model = ev.build(ev.EfficientViTConfig(image_size=size))
+        x = jnp.ones((batch, 3, size, size), jnp.float32)
         classes = model.config.num_classes
     else:
         from efficientvit_jax.zoo import create_model
 
         model = create_model(name)
-        x = jnp.ones((batch, 3, 224, 224), jnp.float32)
+        x = jnp.ones((batch, 3, size, size), jnp.float32)
         classes = 1000
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x[:1]))
     variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
@@ -143,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="a zoo model name (efficientvit_m0, ...) or 'core'")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=224, help="image height and width")
     p.add_argument("--train", action="store_true", help="profile a train step, not inference")
     p.add_argument("--runs", type=int, default=3, help="steps traced (after one warm-up)")
     p.add_argument("--depth", type=int, default=2, help="module path components kept")
@@ -151,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-cores", action="store_true", help="do not pin to one core")
     args = p.parse_args(argv)
 
-    fn, fargs = build_step(args.model, args.batch, args.train)
+    fn, fargs = build_step(args.model, args.batch, args.train, args.size)
     compiled = fn.lower(*fargs).compile()
     modules = op_modules(compiled.as_text())
     jax.block_until_ready(fn(*fargs))
@@ -195,4 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # One core, set before XLA's client starts (importing the package does not start it): its
+    # thread pool follows the affinity mask, so every op then runs to completion before the next
+    # and the trace's per-op times are exact and add up to the step (with two cores, work in flight
+    # on the pool overlaps and the markers do not separate it). The shares carry over to the
+    # multi-core run; --all-cores keeps every core.
+    if "--all-cores" not in sys.argv and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     raise SystemExit(main())

@@ -217,7 +217,7 @@ def temp_bytes(compiled: Any) -> int | None:
         return None
 
 
-def bench_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_zoo(args: argparse.Namespace, rate: float) -> list[dict[str, Any]]:
     try:
         import timm
         import torch
@@ -267,6 +267,15 @@ def bench_zoo(args: argparse.Namespace) -> list[dict[str, Any]]:
                     timm_infer_img_s=batch / times["torch"],
                 )
                 row["infer_ratio"] = row["jax_infer_img_s"] / row["timm_infer_img_s"]
+                # The roofline: FLOP/s of the JAX run against the matmul rate of this machine, and
+                # the fraction the 1.5x target would need (over 100%: out of reach on this machine).
+                cost = apply.cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                flops = float(cost["flops"]) if cost and "flops" in cost else None
+                row["flops"] = flops
+                if flops:
+                    row["jax_fraction_of_matmul"] = flops / times["jax"] / rate
+                    row["timm_x1_5_fraction_of_matmul"] = 1.5 * flops / times["torch"] / rate
                 if batch == batches[-1]:
                     y = np.arange(batch) % 1000
                     trainer = JaxTrainer(
@@ -332,8 +341,8 @@ def markdown(results: dict[str, Any]) -> str:
     zoo = results.get("zoo") or []
     if zoo:
         out += [
-            "| model | batch | JAX img/s | timm img/s | ratio | JAX train img/s | timm train img/s | train ratio |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| model | batch | JAX img/s | timm img/s | ratio | JAX FLOP/s / matmul | 1.5x timm needs | JAX train img/s | timm train img/s | train ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in zoo:
             tr = (
@@ -341,9 +350,15 @@ def markdown(results: dict[str, Any]) -> str:
                 if "train_ratio" in r
                 else " | | "
             )
+            roof = (
+                f"{100 * r['jax_fraction_of_matmul']:.0f}% | "
+                f"{100 * r['timm_x1_5_fraction_of_matmul']:.0f}%"
+                if r.get("jax_fraction_of_matmul")
+                else " | "
+            )
             out.append(
                 f"| {r['model']} | {r['batch']} | {r['jax_infer_img_s']:.1f} | "
-                f"{r['timm_infer_img_s']:.1f} | {r['infer_ratio']:.2f} | {tr} |"
+                f"{r['timm_infer_img_s']:.1f} | {r['infer_ratio']:.2f} | {roof} | {tr} |"
             )
         out.append("")
     att = results.get("attention") or []
@@ -413,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         results["attention"] = bench_attention(args)
         plot_attention(results["attention"], args.out / "attention.png")
     if "zoo" in sections:
-        results["zoo"] = bench_zoo(args)
+        results["zoo"] = bench_zoo(args, rate)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (args.out / "results.md").write_text(table + "\n")
