@@ -338,6 +338,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['compile_apply_s']:.2f} | {r['compile_train_s']:.2f} |"
             )
         out.append(f"\nmatmul reference: {results['matmul_gflop_s']:.1f} GFLOP/s\n")
+    tunables = results.get("machine", {}).get("GLIBC_TUNABLES")
+    if tunables:
+        out.append(f"GLIBC_TUNABLES={tunables}\n")
     zoo = results.get("zoo") or []
     if zoo:
         out += [
@@ -405,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu_count=os.cpu_count(),
             backend=jax.default_backend(),
             devices=[str(d) for d in jax.devices()],
+            # glibc.malloc.hugetlb=1 (huge pages for large buffers) changes the large-buffer rows
+            GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", ""),
         ),
         versions=dict(python=platform.python_version(), jax=jax.__version__),
         quick=args.quick,
