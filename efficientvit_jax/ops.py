@@ -201,6 +201,14 @@ def pointwise_conv(x: jax.Array, kernel: jax.Array, *, impl: DWConvImpl = "auto"
 _POINTWISE_CHUNK_TOKENS = 16384
 
 
+def _images_per_chunk(batch: int, per_image: int) -> int:
+    """Whole images per chunk: about ``_POINTWISE_CHUNK_TOKENS`` tokens, a divisor of ``batch``."""
+    images = max(1, min(batch, _POINTWISE_CHUNK_TOKENS // max(per_image, 1)))
+    while batch % images:
+        images -= 1
+    return images
+
+
 @jax.custom_vjp
 def _chunked_pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.einsum("...c,cd->...d", x, kernel)
@@ -219,9 +227,7 @@ def _chunked_pointwise_bwd(res, g):
     x = lax.optimization_barrier(x)
     b = x.shape[0]
     per_image = int(np.prod(x.shape[1:-1]))
-    images = max(1, min(b, _POINTWISE_CHUNK_TOKENS // max(per_image, 1)))
-    while b % images:
-        images -= 1
+    images = _images_per_chunk(b, per_image)
     c, d = kernel.shape
     acc = jnp.promote_types(kernel.dtype, jnp.float32)  # sums over many tokens: f32 at least
     if images == b:
@@ -264,7 +270,8 @@ def conv2d(
       XLA's conv and 4.3 and 3.7 ms for PyTorch (PERF notes in the README). Its kernel
       gradient is a matmul of image patches by the cotangent, built a chunk of images at a time.
 
-    Everything else, and ``impl="xla"``, is ``lax.conv_general_dilated``.
+    Everything else, and ``impl="xla"``, is ``lax.conv_general_dilated``. ``impl`` takes the
+    values of ``depthwise_conv2d``: ``"auto"`` picks by backend, ``"shifted"`` forces the CPU kernels.
     """
     kh, kw, cin, _ = kernel.shape
     if x.ndim != 4 or x.shape[-1] != cin:
@@ -321,10 +328,7 @@ def _direct_conv_bwd(stride, pads, res, g):
     _, vjp_x = jax.vjp(lambda x: _xla_conv(x, kernel, stride, pads), x)
     (dx,) = vjp_x(g)
     b = x.shape[0]
-    per_image = g.shape[1] * g.shape[2]
-    images = max(1, min(b, _POINTWISE_CHUNK_TOKENS // max(per_image, 1)))
-    while b % images:
-        images -= 1
+    images = _images_per_chunk(b, g.shape[1] * g.shape[2])
     acc = jnp.promote_types(kernel.dtype, jnp.float32)
 
     def chunk(args):
