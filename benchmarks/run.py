@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_worker, also when loaded by path
 
 import efficientvit_jax as ev
-from efficientvit_jax.summary import xla_flops
+from efficientvit_jax.summary import compiled_flops, xla_flops
 
 
 def block(x: Any) -> Any:
@@ -269,9 +269,7 @@ def bench_zoo(args: argparse.Namespace, rate: float) -> list[dict[str, Any]]:
                 row["infer_ratio"] = row["jax_infer_img_s"] / row["timm_infer_img_s"]
                 # The roofline: FLOP/s of the JAX run against the matmul rate of this machine, and
                 # the fraction the 1.5x target would need (over 100%: out of reach on this machine).
-                cost = apply.cost_analysis()
-                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-                flops = float(cost["flops"]) if cost and "flops" in cost else None
+                flops = compiled_flops(apply)
                 row["flops"] = flops
                 if flops:
                     row["jax_fraction_of_matmul"] = flops / times["jax"] / rate

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax.summary import compiled_flops
 from efficientvit_jax.zoo import create_model, get_entry, list_models
 
 
@@ -25,12 +26,10 @@ def row(name: str, size: int) -> str:
     x = jax.ShapeDtypeStruct((1, 3, size, size), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     params = sum(a.size for a in jax.tree.leaves(variables["params"]))
-    cost = jax.jit(model.apply).lower(variables, x).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    gflops = cost["flops"] / 1e9
+    flops = compiled_flops(jax.jit(model.apply).lower(variables, x).compile())
+    gflops = "" if flops is None else f"{flops / 1e9:.2f}"
     top1 = "" if entry.top1 is None else f"{entry.top1:.1f}"
-    return f"| `{name}` | {entry.family.upper()} | {params / 1e6:.2f} M | {gflops:.2f} | {top1} |"
+    return f"| `{name}` | {entry.family.upper()} | {params / 1e6:.2f} M | {gflops} | {top1} |"
 
 
 def main(argv: list[str] | None = None) -> int:

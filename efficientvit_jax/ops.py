@@ -109,18 +109,21 @@ def _taps(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int):
             )
 
 
-def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
+def _padded_taps(x: jax.Array, kh: int, kw: int, stride: int, pads, op: str):
+    """The kernel taps (``_taps``) of ``x`` zero-padded by ``pads``; ``op`` names the caller in errors."""
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    kh, kw = kernel.shape[:2]
     hp, wp = xp.shape[1:3]
     ho = (hp - kh) // stride + 1
     wo = (wp - kw) // stride + 1
     if ho <= 0 or wo <= 0:
-        raise ValueError(
-            f"depthwise_conv2d: kernel {kh}x{kw} does not fit the padded input {hp}x{wp}"
-        )
+        raise ValueError(f"{op}: kernel {kh}x{kw} does not fit the padded input {hp}x{wp}")
+    return _taps(xp, kh, kw, stride, ho, wo)
+
+
+def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
+    kh, kw = kernel.shape[:2]
     out = None
-    for i, j, tap in _taps(xp, kh, kw, stride, ho, wo):
+    for i, j, tap in _padded_taps(x, kh, kw, stride, pads, "depthwise_conv2d"):
         term = tap * kernel[i, j, 0]
         out = term if out is None else out + term
     return out
@@ -209,6 +212,21 @@ def _images_per_chunk(batch: int, per_image: int) -> int:
     return images
 
 
+def _sum_over_image_chunks(fn, x: jax.Array, g: jax.Array) -> jax.Array:
+    """``fn(x, g)`` summed over chunks of whole images (``_images_per_chunk`` of ``g``'s tokens).
+
+    The kernel gradients of ``pointwise_conv`` and ``conv2d``: one product over all the tokens
+    of a big batch leaves cache; chunk by chunk (``lax.map``) it stays there.
+    """
+    b = x.shape[0]
+    images = _images_per_chunk(b, int(np.prod(g.shape[1:-1])))
+    if images == b:
+        return fn(x, g)
+    xs = x.reshape(b // images, images, *x.shape[1:])
+    gs = g.reshape(b // images, images, *g.shape[1:])
+    return jnp.sum(lax.map(lambda a: fn(*a), (xs, gs)), axis=0)
+
+
 @jax.custom_vjp
 def _chunked_pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.einsum("...c,cd->...d", x, kernel)
@@ -225,25 +243,17 @@ def _chunked_pointwise_bwd(res, g):
     # into the transposing copy it makes for x^T g, recomputing them with strided writes:
     # 70 ms instead of ~5 for B1's [6272, 512] at batch 32.
     x = lax.optimization_barrier(x)
-    b = x.shape[0]
-    per_image = int(np.prod(x.shape[1:-1]))
-    images = _images_per_chunk(b, per_image)
     c, d = kernel.shape
     acc = jnp.promote_types(kernel.dtype, jnp.float32)  # sums over many tokens: f32 at least
-    if images == b:
+
+    def product(xc: jax.Array, gc: jax.Array) -> jax.Array:
         # 2-D operands: XLA's CPU transpose of a [b, h, w, c] tensor to channels-first is an
         # order of magnitude slower than that of the same data as [b*h*w, c].
-        dk = jnp.einsum("nc,nd->cd", x.reshape(-1, c), g.reshape(-1, d), preferred_element_type=acc)
-    else:
-        xs = x.reshape(b // images, images * per_image, c)
-        gs = g.reshape(b // images, images * per_image, d)
-        dk = jnp.sum(
-            lax.map(
-                lambda a: jnp.einsum("nc,nd->cd", a[0], a[1], preferred_element_type=acc),
-                (xs, gs),
-            ),
-            axis=0,
+        return jnp.einsum(
+            "nc,nd->cd", xc.reshape(-1, c), gc.reshape(-1, d), preferred_element_type=acc
         )
+
+    dk = _sum_over_image_chunks(product, x, g)
     return dx, dk.astype(kernel.dtype)
 
 
@@ -297,20 +307,11 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
     )
 
 
-def _conv_taps(x: jax.Array, kernel: jax.Array, stride: int, pads):
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    kh, kw = kernel.shape[:2]
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit the padded input {xp.shape[1:3]}")
-    return _taps(xp, kh, kw, stride, ho, wo)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _direct_conv(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
+    kh, kw = kernel.shape[:2]
     out = None
-    for i, j, tap in _conv_taps(x, kernel, stride, pads):
+    for i, j, tap in _padded_taps(x, kh, kw, stride, pads, "conv2d"):
         for c in range(x.shape[-1]):
             term = tap[..., c : c + 1] * kernel[i, j, c]
             out = term if out is None else out + term
@@ -327,14 +328,12 @@ def _direct_conv_bwd(stride, pads, res, g):
     # The input gradient is XLA's (an RGB stem's input is the image: XLA drops it unless asked).
     _, vjp_x = jax.vjp(lambda x: _xla_conv(x, kernel, stride, pads), x)
     (dx,) = vjp_x(g)
-    b = x.shape[0]
-    images = _images_per_chunk(b, g.shape[1] * g.shape[2])
     acc = jnp.promote_types(kernel.dtype, jnp.float32)
 
-    def chunk(args):
-        xc, gc = args
+    def product(xc: jax.Array, gc: jax.Array) -> jax.Array:
         # im2col of a few images, channel order (i, j, c) = the kernel's HWI flattening
-        patches = jnp.concatenate([t for _, _, t in _conv_taps(xc, kernel, stride, pads)], -1)
+        taps = _padded_taps(xc, kh, kw, stride, pads, "conv2d")
+        patches = jnp.concatenate([t for _, _, t in taps], -1)
         return jnp.einsum(
             "np,no->po",
             patches.reshape(-1, kh * kw * cin),
@@ -342,9 +341,7 @@ def _direct_conv_bwd(stride, pads, res, g):
             preferred_element_type=acc,
         )
 
-    xs = x.reshape(b // images, images, *x.shape[1:])
-    gs = g.reshape(b // images, images, *g.shape[1:])
-    dk = jnp.sum(lax.map(chunk, (xs, gs)), axis=0).reshape(kernel.shape)
+    dk = _sum_over_image_chunks(product, x, g).reshape(kernel.shape)
     return dx, dk.astype(kernel.dtype)
 
 

@@ -53,18 +53,22 @@ def abstract_variables(model: nn.Module, input_shape: tuple[int, ...], dtype: An
     return jax.eval_shape(model.init, jax.random.key(0), x)
 
 
-def xla_flops(
-    model: nn.Module, variables: Any, input_shape: tuple[int, ...], dtype: Any
-) -> float | None:
-    """FLOPs of one jitted ``apply`` from XLA's cost analysis of the compiled program."""
-    x = jax.ShapeDtypeStruct(input_shape, dtype)
-    compiled = jax.jit(model.apply).lower(variables, x).compile()
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of a compiled program from XLA's cost analysis (``None`` where the backend has none)."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     if not cost or "flops" not in cost:
         return None
     return float(cost["flops"])
+
+
+def xla_flops(
+    model: nn.Module, variables: Any, input_shape: tuple[int, ...], dtype: Any
+) -> float | None:
+    """FLOPs of one jitted ``apply`` from XLA's cost analysis of the compiled program."""
+    x = jax.ShapeDtypeStruct(input_shape, dtype)
+    return compiled_flops(jax.jit(model.apply).lower(variables, x).compile())
 
 
 def summary(
