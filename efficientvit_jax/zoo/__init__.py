@@ -5,6 +5,7 @@ Importing this package registers every family. ``create_model``,
 """
 
 from efficientvit_jax.zoo import mit, msra  # noqa: F401  (importing registers the variants)
+from efficientvit_jax.zoo.converted import is_converted, load_converted, save_converted
 from efficientvit_jax.zoo.registry import (
     ModelEntry,
     create_model,
@@ -19,6 +20,9 @@ __all__ = [
     "create_model",
     "get_config",
     "get_entry",
+    "is_converted",
     "list_models",
+    "load_converted",
     "load_timm_weights",
+    "save_converted",
 ]

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from efficientvit_jax.zoo import convert_cli
+from efficientvit_jax.cli import main as cli_main
+from efficientvit_jax.zoo import load_converted
 from efficientvit_jax.zoo.mit import MIT_CONFIGS, mit_from_timm, timm_key, variable_shapes
 from efficientvit_jax.zoo.registry import load_timm_weights
 
@@ -90,16 +91,16 @@ def test_cli_converts_and_saves_with_orbax(tmp_path: Any, capsys: Any) -> None:
     src = _save_safetensors(tmp_path / "b0.safetensors", sd)
     out = tmp_path / "out"
     argv = ["convert", "--model", "efficientvit_b0", "--input", src, "--output", str(out)]
-    assert convert_cli.main(argv) == 0
+    assert cli_main(argv) == 0
     assert "converted efficientvit_b0 (3,410,008 parameters)" in capsys.readouterr().out
-    module, restored = convert_cli.load_converted(out)
+    module, restored = load_converted(out)
     assert module.config == MIT_CONFIGS["efficientvit_b0"]
     expected = mit_from_timm(sd, MIT_CONFIGS["efficientvit_b0"])
     jax.tree.map(np.testing.assert_array_equal, restored, expected)
     # a second run refuses to overwrite, --force allows it
-    assert convert_cli.main(argv) == 1
+    assert cli_main(argv) == 2
     assert "not empty" in capsys.readouterr().err
-    assert convert_cli.main([*argv, "--force"]) == 0
+    assert cli_main([*argv, "--force"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -123,8 +124,8 @@ def test_cli_errors_are_one_line(tmp_path: Any, capsys: Any, case: str, needle: 
         src = _save_safetensors(
             tmp_path / "b0.safetensors", _timm_layout_state_dict("efficientvit_b0")
         )
-    argv = ["--model", model, "--input", src, "--output", str(tmp_path / "out")]
-    assert convert_cli.main(argv) != 0
+    argv = ["convert", "--model", model, "--input", src, "--output", str(tmp_path / "out")]
+    assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err
     assert err.count("\n") == 1 and err.startswith("efficientvit-jax convert: error:")

@@ -1,0 +1,66 @@
+"""Converted weights on disk: Flax variables saved with orbax beside the model's name.
+
+``save_converted(out, variables, model=..., overrides=...)`` writes ``out/variables`` (an orbax
+``StandardCheckpointer`` checkpoint of ``{"params", "batch_stats"}``) and ``out/model.json``
+(the model name and config overrides); ``load_converted(out)`` rebuilds ``(module,
+variables)``. ``efficientvit-jax convert`` writes this format from a timm checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from efficientvit_jax.zoo.registry import create_model
+
+VARIABLES_DIR = "variables"
+META_FILE = "model.json"
+
+
+def is_converted(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``save_converted``."""
+    return os.path.isfile(os.path.join(os.fspath(path), META_FILE))
+
+
+def save_converted(
+    out: str | os.PathLike,
+    variables: dict[str, Any],
+    *,
+    model: str,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+) -> None:
+    """Save ``variables`` of zoo model ``model`` (with config ``overrides``) under ``out``."""
+    import orbax.checkpoint as ocp
+
+    out = os.path.abspath(os.fspath(out))
+    os.makedirs(out, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(out, VARIABLES_DIR), variables, force=force)
+    ckptr.wait_until_finished()
+    with open(os.path.join(out, META_FILE), "w") as f:
+        json.dump({"model": model, "overrides": dict(overrides or {})}, f, indent=2)
+
+
+def read_converted_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """``{"model": name, "overrides": {...}}`` of a converted folder."""
+    path = os.path.join(os.fspath(directory), META_FILE)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a converted-weights folder ({e})") from e
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise ValueError(f"{path}: not a converted-weights folder (no 'model' entry)")
+    return meta
+
+
+def load_converted(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """``(module, variables)`` from a directory written by ``save_converted``."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    meta = read_converted_meta(directory)
+    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
+    return create_model(meta["model"], **meta.get("overrides", {})), variables
