@@ -10,8 +10,27 @@ __all__ = [
     "EfficientViT",
     "EfficientViTConfig",
     "build",
+    "create_model",
     "from_axon_params",
     "linear_attention",
+    "list_models",
+    "load_timm_weights",
     "output_size",
 ]
 __version__ = "0.1.0"
+
+# The model zoo on first use: importing it registers every family and costs time that a
+# user of the core model alone should not pay at ``import efficientvit_jax``.
+_ZOO = ("create_model", "list_models", "load_timm_weights")
+
+
+def __getattr__(name: str):
+    if name in _ZOO:
+        import efficientvit_jax.zoo as zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'efficientvit_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_ZOO])

@@ -13,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from efficientvit_jax.data import tags as _tags
 from efficientvit_jax.zoo.convert import StateDict, load_state_dict
 
 
@@ -51,21 +52,33 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style pattern, sorted."""
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
+    """Registered names matching a shell-style pattern, sorted; with ``pretrained=True`` the
+    pretrained tags instead (``"efficientvit_b1.r288_in1k"``, ...), in timm's order."""
+    if pretrained:
+        return [t for t in _tags.list_tags(pattern) if _tags.split_name(t)[0] in _REGISTRY]
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry of ``name``; an unknown name lists the known ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    """The registry entry of a model name or tag; an unknown one lists the known ones."""
+    model, tag = _tags.split_name(name)
+    if model not in _REGISTRY:
+        raise ValueError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+    if tag is not None:
+        _tags.get_tag(name)  # an unknown tag lists the model's tags
+    return _REGISTRY[model]
 
 
 def get_config(name: str, **overrides: Any) -> Any:
-    """The variant's config, with fields replaced (e.g. ``num_classes=10``)."""
+    """The variant's config, with fields replaced (e.g. ``num_classes=10``).
+
+    A tag (``"efficientvit_m0.r224_in1k"``) sets the input size the architecture depends
+    on, where it depends on one (MSRA's attention-bias tables: ``img_size``).
+    """
     cfg = get_entry(name).config
+    if _tags.split_name(name)[1] is not None and hasattr(cfg, "img_size"):
+        cfg = dataclasses.replace(cfg, img_size=_tags.get_tag(name).image_size)
     if overrides:
         fields = {f.name for f in dataclasses.fields(cfg)}
         unknown = sorted(set(overrides) - fields)
@@ -78,7 +91,9 @@ def get_config(name: str, **overrides: Any) -> Any:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """A Flax module for a timm-named variant, e.g. ``create_model("efficientvit_b1", num_classes=10)``."""
+    """A Flax module for a timm-named variant or pretrained tag, e.g.
+    ``create_model("efficientvit_b1.r288_in1k")`` or ``create_model("efficientvit_b1",
+    num_classes=10)``."""
     return get_entry(name).module(get_config(name, **overrides))
 
 

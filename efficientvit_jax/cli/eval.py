@@ -1,0 +1,71 @@
+"""``efficientvit-jax eval --model TAG --weights FILE --data DIR [--batch-size N] [--json OUT]``:
+top-1, top-5 and mean loss on an image-folder tree (one subfolder per class)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from efficientvit_jax.cli.images import add_pretrained_flags, check_counts, load_classifier
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1, top-5 and loss on an image-folder tree")
+    add_pretrained_flags(p)
+    p.add_argument("--data", required=True, help="folder with one subfolder of images per class")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the results to this file")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_json_path(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path} cannot be written (is a folder, or no writable folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_counts(args)
+    if args.json is not None:
+        _check_json_path(args.json)
+    from tqdm import tqdm
+
+    from efficientvit_jax.data.folders import scan_folder
+    from efficientvit_jax.data.loader import ImageLoader
+    from efficientvit_jax.inference import evaluate_folder
+    from efficientvit_jax.training.report import write_json
+
+    folder = scan_folder(args.data)  # one-line errors for empty or class-less folders
+    classifier, transform = load_classifier(args)
+    if folder.num_classes > classifier.num_classes:
+        raise ValueError(
+            f"--data {args.data} has {folder.num_classes} classes, more than the "
+            f"{classifier.num_classes} outputs of --model {args.model}"
+        )
+    loader = ImageLoader(
+        folder.samples, transform, args.batch_size, workers=args.workers, skip_bad=args.skip_bad
+    )
+    with tqdm(
+        total=len(folder.samples), unit="img", disable=args.no_progress, file=sys.stderr
+    ) as bar:
+        result = evaluate_folder(classifier, loader, classifier.num_classes, progress=bar.update)
+    result = _report(result, folder, loader.skipped)
+    if args.json is not None:
+        write_json(args.json, result)
+    return 0
+
+
+def _report(result: dict[str, Any], folder: Any, skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    result["per_class"] = {folder.class_name(y): v for y, v in result["per_class"].items()}
+    result["skipped"] = [{"image": p, "error": e} for p, e in skipped]
+    print(
+        f"top-1 {result['top1']:.2%}  top-5 {result['top5']:.2%}  loss {result['loss']:.4f}  "
+        f"on {result['count']} images of {len(folder.classes)} classes "
+        f"({result['images_per_second']:.1f} images/s)"
+    )
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(p for p, _ in skipped)}")
+    return result

@@ -1,0 +1,134 @@
+"""Batches of decoded, transformed images from files, made by worker threads ahead of the
+model.
+
+PIL releases the GIL while it decodes and resamples, so threads decode in parallel and the
+arrays need no pickling between processes (what a process pool would pay per batch). At most
+``workers + prefetch`` batches exist at once, so any size of folder runs in bounded memory.
+Every batch has the full ``batch_size``: the last one is zero-padded and ``mask`` marks the
+real images, so a jitted step compiles once and each image counts once.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Batch:
+    """``images [B, ...] float32``, ``labels [B] int32``, ``mask [B] bool`` (False on padding
+    and on skipped files) and the ``paths`` of the real images, in order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray
+    paths: list[str]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The dict a train/eval step takes."""
+        return {"images": self.images, "labels": self.labels, "mask": self.mask}
+
+
+class ImageLoader:
+    """Iterate over ``samples`` (``(path, label)`` pairs) in order, in padded batches.
+
+    Args:
+      samples: the files and their labels.
+      transform: ``path -> float32 array`` (e.g. ``data.create_transform(config)``); it
+        raises ``ValueError`` for a file that is not an image.
+      batch_size: images per batch.
+      workers: decoding threads (0: decode in the calling thread).
+      prefetch: batches decoded ahead beyond those in the workers.
+      skip_bad: leave unreadable files out (masked, listed in ``skipped``) instead of
+        raising their ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        transform: Callable[[Any], np.ndarray],
+        batch_size: int,
+        *,
+        workers: int = 2,
+        prefetch: int = 2,
+        skip_bad: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers < 0 or prefetch < 0:
+            raise ValueError(f"workers and prefetch must be >= 0, got {workers}, {prefetch}")
+        self.samples = list(samples)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.workers = workers
+        self.prefetch = prefetch
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[str, str]] = []  # (path, reason), filled as batches are made
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def _load(self, index: int) -> tuple[Batch, list[tuple[str, str]]]:
+        chunk = self.samples[index * self.batch_size : (index + 1) * self.batch_size]
+        arrays: list[np.ndarray | None] = []
+        bad: list[tuple[str, str]] = []
+        for path, _ in chunk:
+            try:
+                arrays.append(self.transform(path))
+            except ValueError as e:
+                if not self.skip_bad:
+                    raise
+                arrays.append(None)
+                bad.append((path, str(e)))
+        good = [a for a in arrays if a is not None]
+        shape = good[0].shape if good else None
+        images = None if shape is None else np.zeros((self.batch_size, *shape), np.float32)
+        labels = np.zeros(self.batch_size, np.int32)
+        mask = np.zeros(self.batch_size, bool)
+        paths = []
+        for i, ((path, label), a) in enumerate(zip(chunk, arrays, strict=True)):
+            if a is not None:
+                images[i], labels[i], mask[i] = a, label, True
+                paths.append(path)
+        return Batch(images, labels, mask, paths), bad
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.skipped = []
+        shape = None
+        if self.workers == 0:
+            results: Iterator = (self._load(i) for i in range(len(self)))
+            yield from self._emit(results, shape)
+            return
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="evit-loader") as pool:
+            pending: collections.deque = collections.deque()
+            ahead = self.workers + self.prefetch
+            submitted = 0
+
+            def results() -> Iterator:
+                nonlocal submitted
+                while submitted < len(self) or pending:
+                    while submitted < len(self) and len(pending) < ahead:
+                        pending.append(pool.submit(self._load, submitted))
+                        submitted += 1
+                    yield pending.popleft().result()
+
+            try:
+                yield from self._emit(results(), shape)
+            finally:
+                for f in pending:  # stopped early (error, break): drop what is queued
+                    f.cancel()
+
+    def _emit(self, results: Iterator, shape: Any) -> Iterator[Batch]:
+        for batch, bad in results:
+            self.skipped += bad
+            if batch.images is None:  # every file of this batch was skipped
+                if shape is None:
+                    continue  # nothing seen yet to size zeros by; nothing to count either
+                batch.images = np.zeros((self.batch_size, *shape), np.float32)
+            shape = batch.images.shape[1:]
+            yield batch

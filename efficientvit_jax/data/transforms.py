@@ -1,0 +1,215 @@
+"""Images to model inputs, equal to timm's evaluation transform.
+
+``resolve_data_config("efficientvit_b1.r288_in1k")`` gives the tag's data config and
+``create_transform(config)`` a callable from a file path, a PIL image or a uint8 array to the
+float32 input of the model. The steps are timm's ``transforms_imagenet_eval`` with
+torchvision's PIL semantics, written with PIL and NumPy: the shorter side resized to
+``floor(size / crop_pct)`` with PIL's own resampling (so the pixels are PIL's, not an
+approximation), a centre crop (zero-padded where the image is smaller), ``/ 255``, then
+``(x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from efficientvit_jax.data.tags import get_tag
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+CROP_MODES = ("center", "squash")
+DATA_FORMATS = ("NCHW", "NHWC")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """How images are prepared for a model (timm's ``data_config`` keys, plus the layout).
+
+    ``to_dict()`` gives timm's dict (``input_size``, ``interpolation``, ``mean``, ``std``,
+    ``crop_pct``, ``crop_mode``).
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    interpolation: str = "bicubic"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    crop_pct: float = 0.875
+    crop_mode: str = "center"
+    data_format: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.input_size)
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        _check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("data_format")
+        return d
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.input_size[1], self.input_size[2]
+
+
+def _check(c: DataConfig) -> None:
+    def need(ok: bool, field: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ValueError(f"data config {field} must be {rule}, got {value!r}")
+
+    need(
+        len(c.input_size) == 3 and min(c.input_size) >= 1,
+        "input_size",
+        "(C, H, W) >= 1",
+        c.input_size,
+    )
+    need(c.input_size[0] == 3, "input_size", "3 channels (RGB)", c.input_size)
+    need(
+        c.interpolation in INTERPOLATIONS,
+        "interpolation",
+        f"one of {INTERPOLATIONS}",
+        c.interpolation,
+    )
+    need(c.crop_mode in CROP_MODES, "crop_mode", f"one of {CROP_MODES}", c.crop_mode)
+    need(c.data_format in DATA_FORMATS, "data_format", f"one of {DATA_FORMATS}", c.data_format)
+    need(math.isfinite(c.crop_pct) and c.crop_pct > 0, "crop_pct", "a number > 0", c.crop_pct)
+    need(len(c.mean) == 3 and len(c.std) == 3, "mean/std", "3 values each", (c.mean, c.std))
+    need(all(s > 0 for s in c.std), "std", "> 0", c.std)
+    if c.crop_mode == "center":
+        need(
+            c.input_size[1] == c.input_size[2],
+            "input_size",
+            "square for crop_mode 'center'",
+            c.input_size,
+        )
+
+
+def resolve_data_config(name_or_tag: str, **overrides: Any) -> DataConfig:
+    """The data config of a pretrained tag (a bare model name means its first tag).
+
+    Overrides replace fields: ``input_size`` (an int, ``(H, W)`` or ``(C, H, W)``),
+    ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``crop_mode``, ``data_format``.
+    """
+    t = get_tag(name_or_tag)
+    base = DataConfig(t.input_size, t.interpolation, t.mean, t.std, t.crop_pct, t.crop_mode)
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown data config option(s) {unknown}; options: {sorted(fields)}")
+    if "input_size" in overrides:
+        s = overrides["input_size"]
+        s = (s, s) if isinstance(s, int) else tuple(s)
+        overrides["input_size"] = s if len(s) == 3 else (3, *s)
+    return dataclasses.replace(base, **overrides)
+
+
+def load_image(source: Any) -> Any:
+    """A PIL RGB image from a path, a PIL image or a uint8 array (``HW``, ``HWC`` with 1, 3 or
+    4 channels). Like timm's loader: ``Image.open(path).convert("RGB")``, so grey, palette,
+    RGBA (alpha dropped) and CMYK files all work. An unreadable file raises ``ValueError``
+    naming it."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")  # convert() loads every pixel: truncation shows here
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "not an image"
+            raise ValueError(f"cannot read image {path}: {' '.join(str(e).split())}") from e
+    arr = np.asarray(source)
+    if (
+        arr.dtype != np.uint8
+        or arr.ndim not in (2, 3)
+        or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4))
+    ):
+        raise ValueError(
+            f"an image array must be uint8 [H, W] or [H, W, 1|3|4], got {arr.dtype} {arr.shape}"
+        )
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return Image.fromarray(arr).convert("RGB")
+
+
+def _resampling(name: str) -> Any:
+    from PIL import Image
+
+    return getattr(Image.Resampling, name.upper())
+
+
+def resize_shorter(img: Any, size: int, interpolation: str) -> Any:
+    """Shorter side to ``size``, the longer in proportion (truncated), as torchvision's
+    ``Resize(int)``; an image already that size is returned as it is."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), _resampling(interpolation))
+
+
+def center_crop(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centre ``height x width`` of an ``[H, W, C]`` array, zero-padded first where the
+    image is smaller (torchvision's ``CenterCrop`` rounding and padding)."""
+    h, w = arr.shape[:2]
+    if height > h or width > w:
+        top, left = max(height - h, 0) // 2, max(width - w, 0) // 2
+        bottom, right = max(height - h, 0) - top, max(width - w, 0) - left
+        arr = np.pad(arr, ((top, bottom), (left, right), (0, 0)))
+        h, w = arr.shape[:2]
+    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
+    return arr[top : top + height, left : left + width]
+
+
+def normalize(pixels: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> float32 ``(x / 255 - mean) / std`` (torch's ToTensor+Normalize)."""
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """``source -> float32`` model input (``[C, H, W]`` or ``[H, W, C]``); see the module."""
+
+    config: DataConfig
+
+    def resize_and_crop(self, img: Any) -> np.ndarray:
+        """The uint8 ``[H, W, 3]`` crop, before normalisation."""
+        c = self.config
+        h, w = c.image_size
+        if c.crop_mode == "squash":
+            size = (math.floor(w / c.crop_pct), math.floor(h / c.crop_pct))
+            if img.size != size:
+                img = img.resize(size, _resampling(c.interpolation))
+        else:
+            img = resize_shorter(img, math.floor(h / c.crop_pct), c.interpolation)
+        return center_crop(np.asarray(img), h, w)
+
+    def __call__(self, source: Any) -> np.ndarray:
+        x = normalize(self.resize_and_crop(load_image(source)), self.config.mean, self.config.std)
+        return np.ascontiguousarray(
+            x.transpose(2, 0, 1) if self.config.data_format == "NCHW" else x
+        )
+
+
+def create_transform(config: DataConfig, train: bool = False, **train_options: Any) -> Callable:
+    """The transform of ``config``: evaluation (resize, centre crop, normalise) by default;
+    ``train=True`` gives the training augmentation (``data.augment``; options such as
+    ``level="light"`` are passed on)."""
+    if not train:
+        if train_options:
+            raise ValueError(f"options {sorted(train_options)} apply to train=True only")
+        return EvalTransform(config)
+    from efficientvit_jax.data.augment import create_train_transform
+
+    return create_train_transform(config, **train_options)
