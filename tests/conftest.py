@@ -44,3 +44,12 @@ def _random_variables(model, x, seed=0, scale=0.3):
 def random_variables():
     """The function ``random_variables(model, x, seed=0)`` (see ``_random_variables``)."""
     return _random_variables
+
+
+@pytest.fixture(scope="session")
+def timm():
+    """The ``timm`` module, torch limited to 2 threads; skips (never passes) without torch/timm."""
+    torch = pytest.importorskip("torch", reason="torch is needed to compare with timm")
+    timm = pytest.importorskip("timm", reason="timm is needed to compare with its models")
+    torch.set_num_threads(2)
+    return timm

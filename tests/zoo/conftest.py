@@ -1,4 +1,4 @@
-"""Shared fixtures of the model-zoo tests: torch/timm (skipped with a reason when absent)."""
+"""Shared fixtures of the model-zoo tests (``timm`` is in the top-level conftest)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-
-
-@pytest.fixture(scope="session")
-def timm() -> Any:
-    """The ``timm`` module, torch limited to 2 threads; skips (never passes) without torch/timm."""
-    torch = pytest.importorskip("torch", reason="torch is needed to compare with timm")
-    timm = pytest.importorskip("timm", reason="timm is needed to compare with its models")
-    torch.set_num_threads(2)
-    return timm
 
 
 @pytest.fixture(scope="session")
