@@ -66,7 +66,11 @@ class Classifier:
         def logits(variables: Any, images: jax.Array) -> jax.Array:
             return self.model.apply(variables, images, train=False).astype(jnp.float32)
 
+        def metrics(variables: Any, images: jax.Array, labels: jax.Array) -> tuple:
+            return _batch_metrics(logits(variables, images), labels)
+
         self._logits = jax.jit(logits)
+        self._metrics = jax.jit(metrics)  # compiled once per classifier, not per evaluation
 
     @property
     def num_classes(self) -> int:
@@ -116,7 +120,6 @@ def evaluate_folder(
     with the number of images of each batch. The host decodes the next batches while the
     device runs this one (JAX dispatch is asynchronous; results are read one batch late).
     """
-    step = jax.jit(lambda v, x, y: _batch_metrics(classifier._logits(v, x), y))
     correct1, correct5 = np.zeros(num_labels), np.zeros(num_labels)
     seen, loss_sum, waited = np.zeros(num_labels), 0.0, 0.0
     inflight = None
@@ -142,7 +145,7 @@ def evaluate_folder(
         waited += time.perf_counter() - t_wait
         if batch is None:
             break
-        out = step(classifier.variables, batch.images, batch.labels)
+        out = classifier._metrics(classifier.variables, batch.images, batch.labels)
         if inflight is not None:
             collect(inflight)
         inflight = (out, batch.labels, batch.mask)
