@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from efficientvit_jax.model import EfficientViT
     from efficientvit_jax.training import config_to_dict, distributed
     from efficientvit_jax.training.digits import load_digits_split
-    from efficientvit_jax.training.job import TrainOptions, train_classifier
+    from efficientvit_jax.training.job import TrainOptions, array_source, train_classifier
 
     setup = distributed.setup_from_args(args)  # devices and the mesh before any computation
     if setup.multiprocess:
@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         "model": config_to_dict(cfg),
         "train": {"dataset": "sklearn-digits", **{k: getattr(args, k) for k in RUN_KEYS}},
     }
-    options = TrainOptions(**{k: getattr(args, k) for k in TrainOptions.field_names()})
+    options = TrainOptions.from_args(args)
+    source = array_source(data, args.batch_size, args.eval_batch_size, args.seed)
     ckpt = open_checkpoints(args, run_config)
-    train_classifier(EfficientViT(cfg), data, options, ckpt, run_config, setup, t_start=t_start)
+    train_classifier(EfficientViT(cfg), source, options, ckpt, run_config, setup, t_start=t_start)
     return 0

@@ -25,7 +25,7 @@ class Batch:
     and on skipped files) and the ``paths`` of the real images, in order."""
 
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray  # [B] int32, or [B, K] float32 soft targets after mixup/cutmix
     mask: np.ndarray
     paths: list[str]
 
@@ -46,6 +46,11 @@ class ImageLoader:
       prefetch: batches decoded ahead beyond those in the workers.
       skip_bad: leave unreadable files out (masked, listed in ``skipped``) instead of
         raising their ``ValueError``.
+      with_index: call ``transform(path, i)`` with the sample's position ``i`` in
+        ``samples`` (training draws each image's randomness from it).
+      batch_transform: ``(batch, batch_index) -> batch``, run in the worker after a batch
+        is assembled (mixup and cutmix, which mix images across a batch).
+      drop_last: leave out the last short batch instead of padding it (training).
     """
 
     def __init__(
@@ -57,6 +62,9 @@ class ImageLoader:
         workers: int = 2,
         prefetch: int = 2,
         skip_bad: bool = False,
+        with_index: bool = False,
+        batch_transform: Callable[[Batch, int], Batch] | None = None,
+        drop_last: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -68,18 +76,26 @@ class ImageLoader:
         self.workers = workers
         self.prefetch = prefetch
         self.skip_bad = skip_bad
+        self.with_index = with_index
+        self.batch_transform = batch_transform
+        self.drop_last = drop_last
         self.skipped: list[tuple[str, str]] = []  # (path, reason), filled as batches are made
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.samples) // self.batch_size
         return -(-len(self.samples) // self.batch_size)
 
     def _load(self, index: int) -> tuple[Batch, list[tuple[str, str]]]:
-        chunk = self.samples[index * self.batch_size : (index + 1) * self.batch_size]
+        first = index * self.batch_size
+        chunk = self.samples[first : first + self.batch_size]
         arrays: list[np.ndarray | None] = []
         bad: list[tuple[str, str]] = []
-        for path, _ in chunk:
+        for i, (path, _) in enumerate(chunk):
             try:
-                arrays.append(self.transform(path))
+                arrays.append(
+                    self.transform(path, first + i) if self.with_index else self.transform(path)
+                )
             except ValueError as e:
                 if not self.skip_bad:
                     raise
@@ -95,7 +111,10 @@ class ImageLoader:
             if a is not None:
                 images[i], labels[i], mask[i] = a, label, True
                 paths.append(path)
-        return Batch(images, labels, mask, paths), bad
+        batch = Batch(images, labels, mask, paths)
+        if self.batch_transform is not None and images is not None:
+            batch = self.batch_transform(batch, index)
+        return batch, bad
 
     def __iter__(self) -> Iterator[Batch]:
         self.skipped = []

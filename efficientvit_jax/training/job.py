@@ -1,7 +1,8 @@
-"""A whole classifier training run on in-memory arrays: optimizer, (sharded) steps, the loop,
-held-out evaluation, and the files a run leaves (``metrics.json``, ``curves.png``).
+"""A whole classifier training run: optimizer, (sharded) steps, the loop, held-out evaluation
+(raw and EMA weights), and the files a run leaves (``metrics.json``, ``curves.png``).
 
-``efficientvit-jax train`` is this with the digits; any flax classifier and arrays work.
+The data comes as a ``Source``: in-memory arrays (``array_source``: the digits job) or image
+folders (``training.folders``). Any flax classifier works.
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
+import optax
 
 from efficientvit_jax.training import sharding
 from efficientvit_jax.training.checkpoint import Checkpointer
 from efficientvit_jax.training.data import iterate_batches, num_batches
-from efficientvit_jax.training.loop import RunLog, Schedule, fit
+from efficientvit_jax.training.ema import ema_params, with_ema
+from efficientvit_jax.training.loop import EpochBatches, RunLog, Schedule, fit
 from efficientvit_jax.training.report import plot_curves, write_json
 from efficientvit_jax.training.state import TrainState, create_train_state
 from efficientvit_jax.training.steps import (
@@ -44,15 +49,69 @@ class TrainOptions:
     resume: bool = False
     no_progress: bool = False
     output: str = "runs/digits"
+    ema_decay: float | None = None
 
     @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+    def from_args(cls, args: Any) -> TrainOptions:
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
-def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float) -> tuple:
-    """``(state, train_step)``: data-parallel (and fsdp) over the mesh when there is more than
-    one device or a loss scale, else the plain jitted step."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Training data: ``epoch_batches(epoch, first_batch)`` gives an epoch's batches from a
+    position; ``held_out(batches_fn)`` is called with nothing and returns the held-out
+    batches (an iterable, made anew for each evaluation)."""
+
+    steps_per_epoch: int
+    epoch_batches: EpochBatches
+    held_out: Callable[[], Any]
+    sample_images: np.ndarray
+    n_train: int
+    n_held_out: int
+
+
+def array_source(data: Any, batch_size: int, eval_batch_size: int, seed: int) -> Source:
+    """A ``Source`` over arrays ``train_images``, ``train_labels``, ``test_images``,
+    ``test_labels`` (the digits job's): shuffled from ``(seed, epoch)``, last batch dropped."""
+
+    def epoch_batches(epoch: int, first: int) -> Any:
+        return iterate_batches(
+            data.train_images, data.train_labels, batch_size, seed=seed, epoch=epoch,
+            remainder="drop", start_batch=first,
+        )  # fmt: skip
+
+    def held_out() -> Any:
+        return iterate_batches(
+            data.test_images, data.test_labels, eval_batch_size, shuffle=False, remainder="pad"
+        )
+
+    n = len(data.train_images)
+    spe = num_batches(n, batch_size, remainder="drop")
+    return Source(
+        spe, epoch_batches, held_out, data.train_images[:batch_size], n, len(data.test_images)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """How a run starts and what it trains (fine-tuning); the defaults train everything from
+    scratch with one optimizer.
+
+    Attributes:
+      optimizer: ``(schedule_steps) -> optax transformation`` replacing the default AdamW.
+      prepare: ``state -> state`` after initialisation (load pretrained variables).
+      frozen_backbone: run the model in evaluation mode in the train step (linear probe).
+    """
+
+    optimizer: Callable[[int], optax.GradientTransformation] | None = None
+    prepare: Callable[[TrainState], TrainState] | None = None
+    frozen_backbone: bool = False
+
+
+def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float, frozen: bool):
+    """``(state, train_step)``: partitioned over the mesh when there is more than one device
+    or a loss scale, else the plain jitted step."""
     from efficientvit_jax.training import precision
 
     step_fn = None
@@ -61,6 +120,10 @@ def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float)
             model, optimizer, label_smoothing=ls, jit=False
         )
     if setup is not None and (sharding.batch_size_per_step(setup.mesh) > 1 or step_fn):
+        if step_fn is None:
+            step_fn = make_train_step(
+                model, optimizer, label_smoothing=ls, donate=False, frozen_backbone=frozen
+            )
         shardings = sharding.state_sharding(
             state, setup.mesh, fsdp=setup.fsdp, min_fsdp_size=setup.min_fsdp_size
         )
@@ -68,40 +131,54 @@ def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float)
         return state, sharding.make_sharded_train_step(
             model, optimizer, setup.mesh, shardings, label_smoothing=ls, step_fn=step_fn
         )
-    return state, make_train_step(model, optimizer, label_smoothing=ls)
+    return state, make_train_step(model, optimizer, label_smoothing=ls, frozen_backbone=frozen)
+
+
+def _held_out_fn(model: Any, source: Source) -> Callable[[TrainState], dict[str, float]]:
+    """Held-out metrics of the raw weights and, where the optimizer keeps one, of the EMA."""
+    eval_step = make_eval_step(model)
+
+    def held_out(state: TrainState) -> dict[str, float]:
+        out = evaluate(eval_step, state, source.held_out())
+        ema = ema_params(state.opt_state)
+        if ema is not None:
+            e = evaluate(eval_step, state.replace(params=ema), source.held_out())
+            out.update({f"ema_{k}": v for k, v in e.items() if k != "count"})
+        return out
+
+    return held_out
 
 
 def train_classifier(
     model: Any,
-    data: Any,
+    source: Source,
     opts: TrainOptions,
     ckpt: Checkpointer,
     run_config: dict[str, Any],
     setup: Any = None,
     *,
+    tuning: Tuning = Tuning(),
     t_start: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``data`` (``train_images``, ``train_labels``, ``test_images``,
-    ``test_labels`` arrays); returns the metrics written to ``OUTPUT/metrics.json``.
+    """Train ``model`` on ``source``; returns the metrics written to ``OUTPUT/metrics.json``.
 
     ``setup`` is a ``distributed.Setup`` (mesh, precision) or ``None`` for one device.
     """
     t_start = time.perf_counter() if t_start is None else t_start
-    n_train = len(data.train_images)
     if setup is not None:
         sharding.check_batch_size(opts.batch_size, setup.mesh)
-    spe = num_batches(n_train, opts.batch_size, remainder="drop")
+    spe = source.steps_per_epoch
     total = spe * opts.epochs
     stop = total if opts.max_steps is None else min(opts.max_steps, total)
-    optimizer = make_optimizer(
-        opts.learning_rate,
-        total_steps=total,
-        warmup_steps=opts.warmup_steps,
-        weight_decay=opts.weight_decay,
-    )
+    optimizer = (tuning.optimizer or _default_optimizer(opts))(total)
+    if opts.ema_decay is not None:
+        optimizer = with_ema(optimizer, opts.ema_decay)
     if setup is not None:
         optimizer = setup.wrap_optimizer(optimizer)
-    state = create_train_state(model, optimizer, opts.seed, data.train_images[: opts.batch_size])
+    state = create_train_state(model, optimizer, opts.seed, source.sample_images)
+    if tuning.prepare is not None:
+        state = tuning.prepare(state)
+        state = state.replace(opt_state=optimizer.init(state.params))
     log = RunLog()
     if opts.resume:
         state, extra = ckpt.restore(state)  # CheckpointError (a ValueError) if missing/bad
@@ -109,44 +186,29 @@ def train_classifier(
         from efficientvit_jax._io import check_output_writable
 
         check_output_writable(opts.output)
-    state, train_step = _steps(model, optimizer, state, setup, opts.label_smoothing)
-    eval_step = make_eval_step(model)
-
-    def held_out(state: TrainState) -> dict[str, float]:
-        batches = iterate_batches(
-            data.test_images, data.test_labels, opts.eval_batch_size, shuffle=False,
-            remainder="pad",
-        )  # fmt: skip
-        return evaluate(eval_step, state, batches)
-
-    def epoch_batches(epoch: int, first: int) -> Any:
-        return iterate_batches(
-            data.train_images, data.train_labels, opts.batch_size, seed=opts.seed,
-            epoch=epoch, remainder="drop", start_batch=first,
-        )  # fmt: skip
-
+    ls = opts.label_smoothing
+    state, train_step = _steps(model, optimizer, state, setup, ls, tuning.frozen_backbone)
+    held_out = _held_out_fn(model, source)
     start_step = int(jax.device_get(state.step))
     if setup is not None:
         print(setup.describe(), flush=True)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(
-        f"training {type(model).__name__} ({n_params:,} params): {n_train} train / "
-        f"{len(data.test_images)} held-out images, {spe} steps/epoch, steps {start_step} -> "
+        f"training {type(model).__name__} ({n_params:,} params): {source.n_train} train / "
+        f"{source.n_held_out} held-out images, {spe} steps/epoch, steps {start_step} -> "
         f"{stop} of {total}",
         flush=True,
     )
     schedule = Schedule(spe, opts.epochs, stop, opts.save_every, opts.batch_size)
     state = fit(
-        state, train_step, epoch_batches, held_out, ckpt, schedule, log,
+        state, train_step, source.epoch_batches, held_out, ckpt, schedule, log,
         progress=not opts.no_progress,
     )  # fmt: skip
     ckpt.close()
     final = held_out(state)
     step = int(jax.device_get(state.step))
     metrics = {
-        "test_accuracy": final["accuracy"],
-        "test_loss": final["loss"],
-        "test_count": final["count"],
+        **{f"test_{k}": v for k, v in final.items()},
         "step": step,
         "total_steps": total,
         "epochs_completed": step // spe,
@@ -157,8 +219,20 @@ def train_classifier(
         "history": log.history,
         "step_losses": log.step_losses,
     }
+    if "ema_accuracy" in final:
+        metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
     _write_outputs(opts.output, metrics, log, final, ckpt)
     return metrics
+
+
+def _default_optimizer(opts: TrainOptions) -> Callable[[int], optax.GradientTransformation]:
+    def make(total: int) -> optax.GradientTransformation:
+        return make_optimizer(
+            opts.learning_rate, total_steps=total, warmup_steps=opts.warmup_steps,
+            weight_decay=opts.weight_decay,
+        )  # fmt: skip
+
+    return make
 
 
 def _write_outputs(out: str, metrics: dict, log: RunLog, final: dict, ckpt: Checkpointer) -> None:
@@ -166,9 +240,9 @@ def _write_outputs(out: str, metrics: dict, log: RunLog, final: dict, ckpt: Chec
     write_json(metrics_path, metrics)
     plot_curves(plot_path, log.step_losses, log.history)
     n_ok = round(final["accuracy"] * final["count"])
-    print(
-        f"test accuracy: {final['accuracy']:.2%} ({n_ok}/{final['count']} held-out images) "
-        f"after {metrics['step']} steps; {metrics['wall_time_s']:.1f} s in all"
-    )
+    line = f"test accuracy: {final['accuracy']:.2%} ({n_ok}/{final['count']} held-out images)"
+    if "ema_accuracy" in final:
+        line += f", EMA weights {final['ema_accuracy']:.2%} (best: {metrics['best']})"
+    print(f"{line} after {metrics['step']} steps; {metrics['wall_time_s']:.1f} s in all")
     ckpt_path = os.path.join(ckpt.directory, str(metrics["step"]))
     print(f"wrote {metrics_path}, {plot_path}, checkpoint {ckpt_path}")

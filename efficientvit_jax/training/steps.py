@@ -33,13 +33,17 @@ def cross_entropy(
     Args:
       logits: ``[B, K]`` in any float dtype (cast to float32 first: bf16 log-softmax
         loses too much precision for a loss).
-      labels: ``[B]`` integer classes.
+      labels: ``[B]`` integer classes, or ``[B, K]`` soft targets (mixup/cutmix; they
+        carry their own smoothing, so ``label_smoothing`` does not apply to them).
       label_smoothing: mass spread uniformly over the ``K`` classes (0 = one-hot).
       mask: ``[B]`` weights, 0 for padding; ``None`` counts every example.
     """
     logits = logits.astype(jnp.float32)
     k = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+    if labels.ndim == 2:  # soft targets; accuracy against their largest class
+        targets, labels = labels.astype(jnp.float32), jnp.argmax(labels, -1)
+    else:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     if mask is None:
@@ -92,15 +96,27 @@ def make_optimizer(
 
 
 def apply_for_training(
-    model: nn.Module, params: Any, state: TrainState, images: jax.Array, dropout_key: jax.Array
+    model: nn.Module,
+    params: Any,
+    state: TrainState,
+    images: jax.Array,
+    dropout_key: jax.Array,
+    *,
+    frozen: bool = False,
 ) -> tuple[jax.Array, Any]:
     """``model`` in training mode: ``(logits, new_batch_stats)``.
 
     Models with a ``"batch_stats"`` collection (BatchNorm) use the batch's
     statistics and return the updated running ones; others return ``{}``.
     Whether the state has statistics is known at trace time (a pytree's shape).
+    ``frozen=True`` runs the model as in evaluation (running statistics used and kept, no
+    dropout or drop path): a linear probe on a frozen backbone.
     """
     variables = {"params": params}
+    if frozen:
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        return model.apply(variables, images, train=False), state.batch_stats
     if not state.batch_stats:
         logits = model.apply(variables, images, train=True, rngs={"dropout": dropout_key})
         return logits, state.batch_stats
@@ -120,8 +136,13 @@ def make_train_step(
     *,
     label_smoothing: float = 0.0,
     donate: bool = True,
+    frozen_backbone: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
+
+    ``frozen_backbone=True`` applies the model in evaluation mode (see
+    ``apply_for_training``); pair it with an optimizer that only updates the head
+    (``finetune.finetune_optimizer(..., backbone_opt=None)``).
 
     Metrics: ``loss`` (mean cross-entropy with the smoothing, float32), ``accuracy`` and
     ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends on
@@ -133,7 +154,9 @@ def make_train_step(
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-            logits, stats = apply_for_training(model, params, state, batch["images"], dropout_key)
+            logits, stats = apply_for_training(
+                model, params, state, batch["images"], dropout_key, frozen=frozen_backbone
+            )
             loss, acc = cross_entropy(
                 logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
             )
@@ -156,8 +179,8 @@ def make_eval_step(
     """A jitted ``(state, batch) -> metrics`` evaluation step (``train=False``).
 
     Returns sums, so that batches of different fill add up exactly: ``loss_sum`` (plain
-    cross-entropy, no smoothing), ``correct`` and ``count`` (the number of unmasked
-    examples). Accuracy over a dataset is ``sum(correct) / sum(count)``.
+    cross-entropy, no smoothing), ``correct``, ``correct5`` (label among the 5 largest
+    logits) and ``count`` (the number of unmasked examples). Accuracy over a dataset is ``sum(correct) / sum(count)``.
     """
 
     def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
@@ -171,9 +194,12 @@ def make_eval_step(
         mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        correct5 = (top5 == labels[:, None]).any(-1).astype(jnp.float32)
         return {
             "loss_sum": (losses * mask).sum(),
             "correct": (correct * mask).sum(),
+            "correct5": (correct5 * mask).sum(),
             "count": mask.sum(),
         }
 
@@ -185,15 +211,19 @@ def evaluate(
     state: TrainState,
     batches: Any,
 ) -> dict[str, float]:
-    """Run ``eval_step`` over an iterable of batches; mean ``loss`` and ``accuracy``."""
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    """Run ``eval_step`` over an iterable of batches; mean ``loss``, ``accuracy`` (top-1) and,
+    where the step reports it, ``top5``."""
+    totals: dict[str, float] = {}
     for batch in batches:
         m = jax.device_get(eval_step(state, batch))
-        for k in totals:
-            totals[k] += float(m[k])
-    n = max(totals["count"], 1.0)
-    return {
-        "loss": totals["loss_sum"] / n,
-        "accuracy": totals["correct"] / n,
-        "count": int(totals["count"]),
+        for k, v in m.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    n = max(totals.get("count", 0.0), 1.0)
+    out = {
+        "loss": totals.get("loss_sum", 0.0) / n,
+        "accuracy": totals.get("correct", 0.0) / n,
+        "count": int(totals.get("count", 0.0)),
     }
+    if "correct5" in totals:
+        out["top5"] = totals["correct5"] / n
+    return out

@@ -12,6 +12,7 @@ from efficientvit_jax.zoo.registry import (
     get_config,
     get_entry,
     list_models,
+    load_timm_backbone,
     load_timm_weights,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "is_converted",
     "list_models",
     "load_converted",
+    "load_timm_backbone",
     "load_timm_weights",
     "save_converted",
 ]

@@ -82,6 +82,18 @@ def linear_kernel(w: np.ndarray) -> np.ndarray:
     return np.transpose(w)
 
 
+class ConversionError(ValueError):
+    """Tensors of a checkpoint that do not fit the model, all of them.
+
+    Attributes:
+      problems: ``(kind, key)`` pairs, kind ``"missing"``, ``"shape"`` or ``"unexpected"``.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[str, str]]):
+        super().__init__(message)
+        self.problems = problems
+
+
 class ConversionReport:
     """Collects every problem of a conversion and raises them all at once.
 
@@ -95,6 +107,7 @@ class ConversionReport:
         self.what = what
         self.used: set[str] = set()
         self.problems: list[str] = []
+        self.kinds: list[tuple[str, str]] = []
 
     def take(
         self,
@@ -107,6 +120,7 @@ class ConversionReport:
         self.used.add(key)
         if key not in self.sd:
             self.problems.append(f"missing tensor {key!r} (Flax expects shape {tuple(shape)})")
+            self.kinds.append(("missing", key))
             return np.zeros(shape, dtype)
         arr = np.asarray(self.sd[key])
         out = transform(arr) if transform is not None else arr
@@ -115,6 +129,7 @@ class ConversionReport:
                 f"tensor {key!r}: shape {tuple(arr.shape)} does not fit; "
                 f"Flax expects {tuple(shape)}" + ("" if transform is None else " after conversion")
             )
+            self.kinds.append(("shape", key))
             return np.zeros(shape, dtype)
         return out.astype(dtype)
 
@@ -123,12 +138,14 @@ class ConversionReport:
         self.used.update(keys)
 
     def finish(self) -> None:
-        """Raise one ``ValueError`` listing every problem, unused keys included."""
+        """Raise one ``ConversionError`` (a ``ValueError``) listing every problem, unused keys
+        included."""
         extra = sorted(
             k for k in self.sd if k not in self.used and not k.endswith("num_batches_tracked")
         )
         problems = self.problems + [f"unexpected tensor {k!r}" for k in extra]
         if problems:
-            raise ValueError(
-                f"{self.what}: {len(problems)} tensor(s) do not match:\n  " + "\n  ".join(problems)
+            raise ConversionError(
+                f"{self.what}: {len(problems)} tensor(s) do not match:\n  " + "\n  ".join(problems),
+                self.kinds + [("unexpected", k) for k in extra],
             )

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 
 from efficientvit_jax.data import tags as _tags
-from efficientvit_jax.zoo.convert import StateDict, load_state_dict
+from efficientvit_jax.zoo.convert import ConversionError, StateDict, load_state_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +107,31 @@ def load_timm_weights(source: str | StateDict, name: str, **overrides: Any) -> d
     """
     entry = get_entry(name)
     return entry.convert(load_state_dict(source), get_config(name, **overrides))
+
+
+def load_timm_backbone(
+    source: str | StateDict, name: str, **overrides: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """Variables of ``name`` from a timm checkpoint whatever its classifier's size, for
+    fine-tuning: ``(variables, dropped)`` where ``dropped`` names the checkpoint tensors that
+    were left out (its classifier, when that does not fit ``overrides``' ``num_classes``).
+
+    The checkpoint is first converted as it is; where only the classifier does not fit, it is
+    converted as the model without classifier (``num_classes=0``). Anything else (a checkpoint
+    of another variant or family) raises the ``ConversionError`` naming every tensor.
+    """
+    entry = get_entry(name)
+    sd = load_state_dict(source)
+    try:
+        return entry.convert(sd, get_config(name, **overrides)), []
+    except ConversionError:
+        pass
+    headless = get_config(name, **{**overrides, "num_classes": 0})
+    try:
+        return entry.convert(sd, headless), []
+    except ConversionError as e:
+        if any(kind != "unexpected" for kind, _ in e.problems):
+            raise
+        dropped = [k for _, k in e.problems]
+    kept = {k: v for k, v in sd.items() if k not in set(dropped)}
+    return entry.convert(kept, headless), dropped
