@@ -1,6 +1,7 @@
-"""``efficientvit-jax train``: train on scikit-learn's digits; metrics, plot, checkpoints.
+"""``efficientvit-jax train``: train on scikit-learn's digits (the main job) or, with
+``--data DIR``, on image folders (``cli.train_folders``); metrics, plot, checkpoints.
 
-Thin over the library: the flags are checked here, the loop is ``training.fit``.
+Thin over the library: the flags are checked here, the run is ``training.job``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from efficientvit_jax._io import check_output_writable
 from efficientvit_jax.cli.common import add_model_flags, config_from_args
+from efficientvit_jax.cli.train_folders import add_folder_flags, run_folders
 from efficientvit_jax.training.distributed import add_scale_flags
 
 # Defaults of `train`: the default architecture (depths 1,2,3, heads 4,4,4, mlp_ratio 4)
@@ -20,9 +22,13 @@ from efficientvit_jax.training.distributed import add_scale_flags
 # patches, so the token grids are 8x8 -> 4x4 -> 2x2, the same shrinking as 224/16 on
 # ImageNet; embed_dim 16 (widths 16, 32, 64) trains in about a minute on 2 CPU cores and
 # generalises better here than wider models, with drop path and label smoothing 0.1.
+# image_size, in_channels and num_classes default to None: the digits job fills in 32, 1 and
+# 10; a folder run takes the tag's size (224 for the builder), 3 channels and its classes.
 TRAIN_MODEL_DEFAULTS = dict(
-    image_size=32, patch_size=4, in_channels=1, embed_dim=16, num_classes=10, drop_path_rate=0.1
-)
+    image_size=None, patch_size=4, in_channels=None, embed_dim=16, num_classes=None,
+    drop_path_rate=0.1,
+)  # fmt: skip
+DIGITS_DEFAULTS = dict(image_size=32, in_channels=1, num_classes=10)
 TRAIN_DEFAULTS = dict(
     epochs=12,
     batch_size=64,
@@ -44,10 +50,11 @@ RUN_KEYS = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train on scikit-learn's digits; metrics, plot, checkpoints")
+    p = sub.add_parser("train", help="train on the digits, or on image folders with --data")
     add_model_flags(p)
     p.set_defaults(**TRAIN_MODEL_DEFAULTS)
     add_train_flags(p)
+    add_folder_flags(p)
     add_scale_flags(p)
     p.set_defaults(func=run)
 
@@ -142,6 +149,20 @@ def run(args: argparse.Namespace) -> int:
     """Train on the digits; write metrics.json, curves.png and checkpoints under --output."""
     t_start = time.perf_counter()
     check_train_args(args)
+    # The `train` extra's modules, before anything is written (a missing one names the extra).
+    import matplotlib  # noqa: F401
+    import tqdm  # noqa: F401
+
+    if args.data is not None:
+        return run_folders(args, t_start)
+    for flag in ("model", "weights", "val_split"):
+        if getattr(args, flag) is not None:
+            raise ValueError(
+                f"--{flag.replace('_', '-')} needs --data (the digits job takes neither)"
+            )
+    for key, value in DIGITS_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.in_channels != 1:
         raise ValueError(
             f"--in-channels must be 1 for the digits (grey images), got {args.in_channels}"
@@ -149,9 +170,6 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes != 10:
         raise ValueError(f"--num-classes must be 10 for the digits, got {args.num_classes}")
     cfg = config_from_args(args)  # validates the model options (ValueError)
-    # The `train` extra's modules, before anything is written (a missing one names the extra).
-    import matplotlib  # noqa: F401
-    import tqdm  # noqa: F401
 
     from efficientvit_jax.model import EfficientViT
     from efficientvit_jax.training import config_to_dict, distributed
