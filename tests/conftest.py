@@ -117,3 +117,24 @@ def _make_class_tree(root: str, classes: dict[str, list[str]]) -> str:
 def make_class_tree() -> Any:
     """``(root, {class: [files]}) -> root``: ``root/<class>/<i>.<ext>`` copies of the files."""
     return _make_class_tree
+
+
+@pytest.fixture(scope="session")
+def timm_b0(timm: Any, tmp_path_factory: Any) -> str:
+    """A timm ``efficientvit_b0`` checkpoint (.safetensors) with random weights and random
+    BatchNorm statistics, its classifier scaled up so that probabilities are far from
+    uniform."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvit_b0", pretrained=False).eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0.0, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(40.0)
+    path = tmp_path_factory.mktemp("timm_b0") / "b0.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # validates the model options (ValueError)
 
     from efficientvit_jax.model import EfficientViT
-    from efficientvit_jax.training import config_to_dict, distributed
+    from efficientvit_jax.training import config_to_dict, distributed, sharding
     from efficientvit_jax.training.digits import load_digits_split
     from efficientvit_jax.training.job import TrainOptions, array_source, train_classifier
 
@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             "multi-process training is not wired into `efficientvit-jax train`; use the "
             "library (docs/scaling.md) with one process per host"
         )
+    sharding.check_batch_size(args.batch_size, setup.mesh)
     if setup.precision != "float32":
         cfg = cfg.replace(**setup.model_options)
     data = load_digits_split(cfg.image_size, cfg.data_format)

@@ -186,7 +186,7 @@ def run_folders(args: argparse.Namespace, t_start: float) -> int:
     """Train ``--model`` (or the builder) on ``--data``; see the module."""
     from efficientvit_jax.cli.train import open_checkpoints
     from efficientvit_jax.data import create_transform
-    from efficientvit_jax.training import config_to_dict, distributed
+    from efficientvit_jax.training import config_to_dict, distributed, sharding
     from efficientvit_jax.training.folders import find_splits, folder_source
     from efficientvit_jax.training.job import TrainOptions, train_classifier
 
@@ -195,6 +195,7 @@ def run_folders(args: argparse.Namespace, t_start: float) -> int:
     k = len(splits.classes)
     model, data_config = build_model(args, k)
     setup = distributed.setup_from_args(args)
+    sharding.check_batch_size(args.batch_size, setup.mesh)
     if setup.multiprocess:
         raise ValueError(
             "multi-process folder training is not wired into the CLI; see docs/scaling.md"

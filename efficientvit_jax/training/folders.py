@@ -106,7 +106,9 @@ def folder_source(
         loader = ImageLoader(
             splits.val, eval_transform, eval_batch_size, workers=workers, skip_bad=skip_bad
         )
-        return (b.arrays() for b in loader)
+        for b in loader:
+            yield b.arrays()
+        pipe.skipped.extend(loader.skipped)  # one report for training and held-out files
 
     sample = np.stack([eval_transform(splits.train[0][0])] * (batch_size // process_count))
     source = Source(

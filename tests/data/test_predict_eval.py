@@ -52,12 +52,6 @@ def _timm_probabilities(timm: Any, model: Any, paths: list[str]) -> np.ndarray:
         return model(x).double().softmax(-1).numpy()
 
 
-@pytest.fixture(scope="module")
-def b0_weights(timm: Any, tmp_path_factory: Any) -> str:
-    d = tmp_path_factory.mktemp("b0")
-    return _save(_randomised_timm(timm, "efficientvit_b0.r224_in1k"), d / "b0.safetensors")
-
-
 TAGS = [
     pytest.param("efficientvit_b0.r224_in1k", id="b0"),
     pytest.param("efficientvit_b1.r288_in1k", id="b1-288", marks=pytest.mark.slow),
@@ -107,19 +101,17 @@ def test_predict_and_eval_equal_timm(
 
 
 def test_converted_folder_gives_the_same_predictions(
-    b0_weights: str, image_files: dict, tmp_path: Any, capsys: Any
+    timm_b0: str, image_files: dict, tmp_path: Any, capsys: Any
 ) -> None:
     conv = tmp_path / "conv"
     assert (
-        main(
-            ["convert", "--model", "efficientvit_b0", "--input", b0_weights, "--output", str(conv)]
-        )
+        main(["convert", "--model", "efficientvit_b0", "--input", timm_b0, "--output", str(conv)])
         == 0
     )
     capsys.readouterr()
     img = image_files["photo_jpeg"]
     runs = []
-    for w in (b0_weights, str(conv)):
+    for w in (timm_b0, str(conv)):
         assert main(["predict", img, "--model", "efficientvit_b0", "--weights", w, "--json"]) == 0
         runs.append(json.loads(capsys.readouterr().out))
     assert runs[0] == runs[1]
@@ -135,20 +127,20 @@ def _one_line_error(rc: int, capsys: Any, *needles: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["text", "truncated"])
-def test_predict_unreadable_file(b0_weights: str, bad_files: dict, kind: str, capsys: Any) -> None:
-    rc = main(["predict", bad_files[kind], "--model", "efficientvit_b0", "--weights", b0_weights])
+def test_predict_unreadable_file(timm_b0: str, bad_files: dict, kind: str, capsys: Any) -> None:
+    rc = main(["predict", bad_files[kind], "--model", "efficientvit_b0", "--weights", timm_b0])
     assert _one_line_error(rc, capsys, f"cannot read image {bad_files[kind]}") == ""
 
 
 def test_predict_missing_file_unknown_tag_and_other_variant(
-    b0_weights: str, image_files: dict, capsys: Any
+    timm_b0: str, image_files: dict, capsys: Any
 ) -> None:
     img = image_files["photo_jpeg"]
-    rc = main(["predict", "nope.jpg", "--model", "efficientvit_b0", "--weights", b0_weights])
+    rc = main(["predict", "nope.jpg", "--model", "efficientvit_b0", "--weights", timm_b0])
     _one_line_error(rc, capsys, "image nope.jpg: no such file")
-    rc = main(["predict", img, "--model", "efficientvit_b0.r512_in1k", "--weights", b0_weights])
+    rc = main(["predict", img, "--model", "efficientvit_b0.r512_in1k", "--weights", timm_b0])
     _one_line_error(rc, capsys, "unknown pretrained tag 'efficientvit_b0.r512_in1k'")
-    rc = main(["predict", img, "--model", "efficientvit_b1", "--weights", b0_weights])
+    rc = main(["predict", img, "--model", "efficientvit_b1", "--weights", timm_b0])
     _one_line_error(rc, capsys, "tensor(s) do not match")
 
 
@@ -162,10 +154,10 @@ def tree(tmp_path: Any, image_files: dict, bad_files: dict, make_class_tree: Any
 
 
 def test_eval_stops_at_a_bad_file_or_skips_it(
-    b0_weights: str, tree: str, tmp_path: Any, capsys: Any
+    timm_b0: str, tree: str, tmp_path: Any, capsys: Any
 ) -> None:
     out = tmp_path / "r.json"
-    argv = ["eval", "--model", "efficientvit_b0", "--weights", b0_weights, "--data", tree]
+    argv = ["eval", "--model", "efficientvit_b0", "--weights", timm_b0, "--data", tree]
     argv += ["--json", str(out), "--no-progress", "--batch-size", "2"]
     _one_line_error(main(argv), capsys, "cannot read image", "1.jpg")
     assert not out.exists()
@@ -187,10 +179,10 @@ def test_eval_stops_at_a_bad_file_or_skips_it(
     ],
 )
 def test_eval_folder_errors(
-    timm: Any, b0_weights: str, image_files: dict, make_class_tree: Any, tmp_path: Any,
+    timm: Any, timm_b0: str, image_files: dict, make_class_tree: Any, tmp_path: Any,
     capsys: Any, layout: str, needle: str,
 ) -> None:  # fmt: skip
-    root, weights, extra = tmp_path / "d", b0_weights, []
+    root, weights, extra = tmp_path / "d", timm_b0, []
     root.mkdir()
     img = image_files["photo_jpeg"]
     if layout == "no_classes":
