@@ -57,9 +57,10 @@ def build_model(args: argparse.Namespace, num_classes: int) -> tuple[Any, Any]:
     from efficientvit_jax.data import DataConfig, resolve_data_config
 
     if args.model is not None:
-        from efficientvit_jax.zoo import create_model, get_config, get_tag
+        from efficientvit_jax.data.tags import get_tag
+        from efficientvit_jax.zoo import create_model, get_config
 
-        size = args.image_size or get_tag(args.model).image_size
+        size = args.image_size = args.image_size or get_tag(args.model).image_size
         extra = {"img_size": size} if hasattr(get_config(args.model), "img_size") else {}
         model = create_model(args.model, num_classes=num_classes, **extra)
         fmt = model.config.data_format
@@ -151,7 +152,7 @@ def _load_pretrained(args: argparse.Namespace) -> dict[str, Any]:
     """Variables from a timm checkpoint (its classifier dropped when it has another size) or
     a ``convert`` folder of the same architecture."""
     from efficientvit_jax.data.tags import split_name
-    from efficientvit_jax.zoo import is_converted, load_converted, load_timm_backbone
+    from efficientvit_jax.zoo import is_converted, load_converted
     from efficientvit_jax.zoo.converted import read_converted_meta
 
     if is_converted(args.weights):
@@ -163,7 +164,7 @@ def _load_pretrained(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"--weights {args.weights} is a folder without model.json (not from convert)"
         )
-    variables, dropped = load_timm_backbone(args.weights, args.model)
+    variables, dropped = _timm_at_some_size(args)
     if dropped:
         print(f"checkpoint classifier not loaded (another class count): {', '.join(dropped)}")
     return variables
@@ -220,11 +221,28 @@ def run_folders(args: argparse.Namespace, t_start: float) -> int:
     }
     opts = TrainOptions.from_args(args)
     ckpt = open_checkpoints(args, run_config)
-    metrics = train_classifier(
-        model, source, opts, ckpt, run_config, setup, tuning=tuning, t_start=t_start
-    )
-    if pipe.skipped:
-        print(
-            f"skipped {len(pipe.skipped)} unreadable file(s): {', '.join(p for p, _ in pipe.skipped)}"
-        )
-    return 0 if metrics else 1
+    train_classifier(model, source, opts, ckpt, run_config, setup, tuning=tuning, t_start=t_start)
+    skipped = list(dict.fromkeys(p for p, _ in pipe.skipped))  # once each, first seen first
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}")
+    return 0
+
+
+def _timm_at_some_size(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """A timm checkpoint read at ``--image-size``, else at the tag's size: the MSRA models'
+    attention-bias tables depend on the size the checkpoint was made for. Where the sizes
+    differ, ``merge_pretrained`` re-initialises the tables that do not fit (and names them)."""
+    from efficientvit_jax.data.tags import get_tag
+    from efficientvit_jax.zoo import get_config, load_timm_backbone
+    from efficientvit_jax.zoo.convert import ConversionError
+
+    if not hasattr(get_config(args.model), "img_size"):
+        return load_timm_backbone(args.weights, args.model)
+    sizes = dict.fromkeys([args.image_size, get_tag(args.model).image_size])
+    error = None
+    for size in sizes:
+        try:
+            return load_timm_backbone(args.weights, args.model, img_size=size)
+        except ConversionError as e:
+            error = error or e
+    raise error

@@ -1,0 +1,118 @@
+"""Fine-tuning from converted timm checkpoints (MIT and MSRA, random weights): what loads,
+what is re-initialised, the frozen backbone, and the CLI run on a folder of another class
+count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from efficientvit_jax.cli import main
+from efficientvit_jax.cli.train_folders import build_model, pretrained_tuning
+from efficientvit_jax.training import create_train_state
+from efficientvit_jax.training.steps import make_train_step
+from efficientvit_jax.zoo import load_timm_weights
+
+SIZE = 64  # the smallest size with a 2x2 last stage for both families
+
+
+def _timm_checkpoint(timm: Any, name: str, path: Any, num_classes: int = 1000) -> str:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    extra = {"img_size": SIZE} if name.endswith("m0") else {}
+    m = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                mod.running_mean.normal_(0.0, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return str(path)
+
+
+def _args(name: str, weights: str, **kw: Any) -> argparse.Namespace:
+    base = dict(
+        model=name, weights=weights, image_size=SIZE, freeze_backbone=False,
+        backbone_lr_scale=0.1, learning_rate=1e-3, warmup_steps=0, weight_decay=0.05,
+    )  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
+
+
+HEADS = {"efficientvit_b0": "head/fc", "efficientvit_m0": "head/linear"}
+
+
+@pytest.mark.parametrize(
+    "name", ["efficientvit_b0", pytest.param("efficientvit_m0", marks=pytest.mark.slow)]
+)
+def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
+    timm: Any, name: str, tmp_path: Any
+) -> None:
+    ckpt = _timm_checkpoint(timm, name, tmp_path / "w.safetensors")
+    overrides = {"img_size": SIZE} if name.endswith("m0") else {}
+    reference = load_timm_weights(ckpt, name, **overrides)  # the checkpoint, 1000 classes
+    args = _args(name, ckpt, freeze_backbone=True)
+    model, _ = build_model(args, 3)
+    tuning = pretrained_tuning(args, model, 3)
+    optimizer = tuning.optimizer(10)
+    x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
+    state = tuning.prepare(create_train_state(model, optimizer, 0, x))
+    state = state.replace(opt_state=optimizer.init(state.params))
+
+    got = {**_flat({"params": state.params}), **_flat({"batch_stats": state.batch_stats})}
+    want = _flat(reference)
+    head = f"params/{HEADS[name]}/"
+    assert sorted(k for k in got if k.startswith(head)) == [head + "bias", head + "kernel"]
+    assert got[head + "kernel"].shape[-1] == 3  # the new head: 3 classes
+    for k, v in got.items():
+        if not k.startswith(head):
+            np.testing.assert_array_equal(v, want[k], err_msg=k)  # loaded exactly
+
+    step = make_train_step(model, optimizer, frozen_backbone=True, donate=False)
+    batch = {"images": x, "labels": np.array([0, 1, 2, 0], np.int32)}
+    losses, s = [], state
+    for _ in range(5):
+        s, m = step(s, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0]  # the head learns
+    after = {**_flat({"params": s.params}), **_flat({"batch_stats": s.batch_stats})}
+    for k, v in after.items():
+        if k.startswith(head):
+            assert not np.array_equal(v, got[k]), k
+        else:  # every backbone tensor and BatchNorm statistic unchanged
+            np.testing.assert_array_equal(v, got[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_on_a_folder_of_another_class_count(
+    timm: Any, tmp_path: Any, image_files: dict, make_class_tree: Any, capsys: Any
+) -> None:
+    # a checkpoint fine-tuned on 5 classes, fine-tuned again on 3
+    ckpt = _timm_checkpoint(timm, "efficientvit_b0", tmp_path / "w.safetensors", num_classes=5)
+    kinds = sorted(image_files)
+    tree = {
+        c: [image_files[kinds[(i + j) % len(kinds)]] for j in range(4)] for i, c in enumerate("abc")
+    }
+    make_class_tree(str(tmp_path / "d" / "train"), tree)
+    make_class_tree(str(tmp_path / "d" / "val"), tree)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path / "d"), "--model", "efficientvit_b0", "--weights", ckpt]
+    argv += ["--image-size", str(SIZE), "--batch-size", "12", "--epochs", "8", "--augment", "none"]
+    argv += ["--learning-rate", "3e-3", "--warmup-steps", "0", "--no-progress", "-o", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    dropped = "head.classifier.4.bias, head.classifier.4.weight"
+    assert f"checkpoint classifier not loaded (another class count): {dropped}" in text
+    assert "re-initialised 2: params/head/fc/bias, params/head/fc/kernel" in text
+    m = json.loads((out / "metrics.json").read_text())
+    assert np.mean(m["step_losses"][-2:]) < m["step_losses"][0]
