@@ -170,17 +170,32 @@ def _load_pretrained(args: argparse.Namespace) -> dict[str, Any]:
     return variables
 
 
-def augmenter(level: str, data_config: Any, num_classes: int) -> tuple[Any, Any]:
+def augmenter(level: str, data_config: Any, num_classes: int, model: str | None) -> tuple:
     """``(augment(path, rng) -> image, mix)`` of ``--augment``: ``none`` is the evaluation
-    transform (resize, centre crop); ``light`` and ``strong`` come from ``data.augment``."""
-    from efficientvit_jax.data import create_transform
+    transform (resize, centre crop); ``light`` and ``strong`` are ``data.augment``'s, the
+    latter with the recipe of the paper that trained ``model``. The augmentations work on
+    ``[H, W, C]`` images; ``mix`` mixes a batch (``strong``) and lays it out as the model
+    takes it."""
+    from efficientvit_jax.data import augment, create_transform, load_image
 
     if level == "none":
         evaluate = create_transform(data_config)
         return (lambda path, rng: evaluate(path)), None
-    from efficientvit_jax.data import augment
+    recipe = augment.recipe_for_model(model or "")
+    aug = augment.build_augment_from_config(
+        level, data_config, num_classes=num_classes, recipe=recipe
+    )
+    nchw = data_config.data_format == "NCHW"
 
-    return augment.train_pipeline(level, data_config, num_classes)
+    def per_image(path: str, rng: Any) -> Any:
+        return aug(load_image(path), rng)
+
+    def mix(images: Any, labels: Any, rng: Any) -> tuple:
+        if aug.mix is not None:
+            images, labels = aug.mix(images, labels, rng)
+        return (images.transpose(0, 3, 1, 2) if nchw else images), labels
+
+    return per_image, mix
 
 
 def run_folders(args: argparse.Namespace, t_start: float) -> int:
@@ -204,7 +219,7 @@ def run_folders(args: argparse.Namespace, t_start: float) -> int:
     if args.freeze_backbone and setup.mesh.size > 1:
         raise ValueError("--freeze-backbone runs on one device; drop --mesh/--cpu-devices")
     tuning = pretrained_tuning(args, model, k)  # loads --weights: errors before any write
-    augment, mix = augmenter(args.augment, data_config, k)
+    augment, mix = augmenter(args.augment, data_config, k, args.model)
     source, pipe = folder_source(
         splits, augment, create_transform(data_config), batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, seed=args.seed, workers=args.workers, mix=mix,

@@ -29,7 +29,11 @@ def track_ema(decay: float, *, warmup: bool = True) -> optax.GradientTransformat
         raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
 
     def init(params: Any) -> EmaState:
-        return EmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.asarray, params))
+        # A copy: sharing the params' buffers would make a donating train step donate one
+        # buffer twice.
+        return EmaState(
+            jnp.zeros((), jnp.int32), jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+        )
 
     def update(updates: Any, state: EmaState, params: Any = None) -> tuple[Any, EmaState]:
         if params is None:
