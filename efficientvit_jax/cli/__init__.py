@@ -31,7 +31,6 @@ _EXTRAS = {
     "orbax": "train",
     "safetensors": "zoo",
     "torch": "timm",
-    "grain": "data",
     "jax2onnx": "export",
     "onnx": "export",
     "onnxruntime": "export",
