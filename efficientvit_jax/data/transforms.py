@@ -202,14 +202,30 @@ class EvalTransform:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+    """``(source, rng) -> float32`` model input: a training augmentation (``data.augment``)
+    in the config's layout. Batch mixing (``strong``'s mixup/cutmix) is ``augment.mix``."""
+
+    config: DataConfig
+    augment: Any
+
+    def __call__(self, source: Any, rng: np.random.Generator) -> np.ndarray:
+        x = self.augment(load_image(source), rng)
+        return np.ascontiguousarray(
+            x.transpose(2, 0, 1) if self.config.data_format == "NCHW" else x
+        )
+
+
 def create_transform(config: DataConfig, train: bool = False, **train_options: Any) -> Callable:
     """The transform of ``config``: evaluation (resize, centre crop, normalise) by default;
-    ``train=True`` gives the training augmentation (``data.augment``; options such as
-    ``level="light"`` are passed on)."""
+    ``train=True`` gives a ``TrainTransform`` of ``data.augment.build_augment``
+    (``level="light"`` by default; ``"strong"`` takes ``num_classes`` and ``recipe``)."""
     if not train:
         if train_options:
             raise ValueError(f"options {sorted(train_options)} apply to train=True only")
         return EvalTransform(config)
-    from efficientvit_jax.data.augment import create_train_transform
+    from efficientvit_jax.data.augment import build_augment_from_config
 
-    return create_train_transform(config, **train_options)
+    level = train_options.pop("level", "light")
+    return TrainTransform(config, build_augment_from_config(level, config, **train_options))

@@ -84,3 +84,16 @@ def test_unreadable_files_and_bad_arrays_are_named(bad_files: dict) -> None:
         ValueError, match=r"must be uint8 \[H, W\] or \[H, W, 1\|3\|4\], got float32"
     ):
         t(np.zeros((8, 8, 3), np.float32))
+
+
+def test_train_transform_is_seeded_and_in_the_models_layout(photos: list) -> None:
+    nchw = create_transform(resolve_data_config("efficientvit_b0", input_size=96), train=True)
+    nhwc_cfg = resolve_data_config("efficientvit_b0", input_size=96, data_format="NHWC")
+    nhwc = create_transform(nhwc_cfg, train=True)
+    a = nchw(photos[0], np.random.default_rng(3))
+    assert a.shape == (3, 96, 96) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, nchw(photos[0], np.random.default_rng(3)))
+    np.testing.assert_array_equal(a.transpose(1, 2, 0), nhwc(photos[0], np.random.default_rng(3)))
+    assert not np.array_equal(a, nchw(photos[0], np.random.default_rng(4)))
+    with pytest.raises(ValueError, match="apply to train=True only"):
+        create_transform(nhwc_cfg, level="light")
