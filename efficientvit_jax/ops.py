@@ -7,7 +7,10 @@ this file (attention, layers, the model zoo) builds on these.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -26,17 +29,39 @@ def _pad_pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((int(pt), int(pb)), (int(pl), int(pr)))
 
 
+# Set by ``portable_ops``: every conv traces as XLA's own op, whatever ``impl`` asks.
+_PORTABLE = contextvars.ContextVar("efficientvit_jax_portable_ops", default=False)
+
+
+@contextlib.contextmanager
+def portable_ops() -> Iterator[None]:
+    """Within the block, trace every conv as ``lax.conv_general_dilated`` or a plain einsum.
+
+    For export (ONNX, StableHLO): the CPU kernels below (shifted slices, custom gradients)
+    are rewrites for XLA on CPU; traced into a file meant for other runtimes they are slower
+    than those runtimes' own conv. Same values; only what is traced changes.
+    """
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
 def resolve_dwconv_impl(impl: DWConvImpl) -> Literal["shifted", "xla"]:
     """Pick the depthwise-conv implementation for the current backend.
 
     XLA's grouped convolution is the right kernel on GPU and TPU, but on CPU
     it is 20x slower than a sum of shifted slices (see PERF-NOTES.md), so
-    ``"auto"`` picks by backend at trace time.
+    ``"auto"`` picks by backend at trace time. Inside ``portable_ops`` it is
+    always ``"xla"``.
     """
+    if impl not in ("auto", "shifted", "xla"):
+        raise ValueError(f"dwconv impl must be 'auto', 'shifted' or 'xla', got {impl!r}")
+    if _PORTABLE.get():
+        return "xla"
     if impl == "auto":
         return "shifted" if jax.default_backend() == "cpu" else "xla"
-    if impl not in ("shifted", "xla"):
-        raise ValueError(f"dwconv impl must be 'auto', 'shifted' or 'xla', got {impl!r}")
     return impl
 
 

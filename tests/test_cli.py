@@ -132,17 +132,29 @@ def test_resume_with_another_config_names_the_field(run4, tmp_path, capsys):
     assert sorted(os.listdir(out / "checkpoints")) == ["2", "4"]  # untouched
 
 
-def test_resume_from_corrupt_checkpoint(run4, tmp_path, capsys):
+@pytest.mark.parametrize("damaged", [["4"], ["2", "4"]], ids=["latest", "all"])
+def test_resume_from_corrupt_checkpoint(run4, tmp_path, capsys, caplog, damaged):
+    """A destroyed latest checkpoint: resume falls back to step 2, saying so, and its next
+    save moves the damaged one aside. All destroyed: one line, nothing written."""
     out = tmp_path / "copy"
     shutil.copytree(run4, out)
     before = (out / "metrics.json").read_bytes()
-    for root, _, files in os.walk(out / "checkpoints" / "4" / "state"):
-        for f in files:
-            (np.frombuffer(b"\x00bad", np.uint8)).tofile(os.path.join(root, f))
-    assert _train(out, "--resume", "--max-steps", "6") == 2
+    for step in damaged:
+        for root, _, files in os.walk(out / "checkpoints" / step / "state"):
+            for f in files:
+                (np.frombuffer(b"\x00bad", np.uint8)).tofile(os.path.join(root, f))
+    rc = _train(out, "--resume", "--max-steps", "6")
     err = _err(capsys)
-    assert "corrupt or unreadable" in err and len(err.splitlines()) == 1
-    assert (out / "metrics.json").read_bytes() == before
+    if damaged == ["4"]:
+        assert rc == 0
+        assert "restored step 2, the newest intact checkpoint" in err + caplog.text
+        assert json.loads((out / "metrics.json").read_text())["step"] == 6
+        assert sorted(os.listdir(out / "checkpoints")) == ["2", "4.damaged", "6"]
+    else:
+        assert rc == 2
+        assert "no intact checkpoint" in err and "corrupt or unreadable" in err
+        assert len(err.splitlines()) == 1
+        assert (out / "metrics.json").read_bytes() == before
 
 
 def test_summary_still_works(capsys):

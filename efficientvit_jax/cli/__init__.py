@@ -41,13 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="efficientvit-jax", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"efficientvit_jax.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"efficientvit_jax.cli.{name}":
-                raise
-            continue  # a command not built yet
-        module.register(sub)
+        importlib.import_module(f"efficientvit_jax.cli.{name}").register(sub)
     return p
 
 

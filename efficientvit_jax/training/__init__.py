@@ -14,6 +14,8 @@ Nothing here imports the model modules; the CLI (``efficientvit-jax train``) wir
 from efficientvit_jax.training.checkpoint import (
     Checkpointer,
     CheckpointError,
+    Restored,
+    SkippedStep,
     config_differences,
     config_to_dict,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "Checkpointer",
+    "Restored",
+    "SkippedStep",
     "TrainState",
     "config_differences",
     "config_to_dict",

@@ -1,22 +1,43 @@
-"""Orbax checkpoints of the whole train state, with the run's config stored beside it.
+"""Orbax checkpoints of the whole train state, with the run's config and checksums beside it.
 
 Each checkpoint is one orbax step directory ``<directory>/<step>/`` holding two items:
-``state`` (the ``TrainState``) and ``meta`` (JSON: the run's ``config`` and any ``extra``
-the caller passes, e.g. the loss history). Orbax writes a step into a temporary directory
-and renames it only once complete, so a save that is interrupted (crash, kill, full disk)
-never shows up as a step and never touches the previous checkpoints; leftover temporary
-directories are removed the next time the folder is opened.
+``state`` (the ``TrainState``) and ``meta`` (JSON: the run's ``config``, any ``extra`` the
+caller passes, e.g. the loss history, and a SHA-256 of every saved array's bytes keyed by
+its tree path). Orbax writes a step into a temporary directory and renames it only once
+complete, so a save that is interrupted (crash, kill, full disk) never shows up as a step
+and never touches the previous checkpoints; leftover temporary directories are removed the
+next time the folder is opened.
+
+Damage after the fact (a flipped bit on disk, a truncated or overwritten file) is another
+matter: orbax reads most of it back without complaint. ``restore`` therefore checks every
+array against its checksum, and, unless a step was asked for, falls back from a damaged
+checkpoint to the newest intact one, reporting each one it skipped in one line::
+
+    r = ckpt.restore(fresh_state)  # Restored(state, extra, step, skipped, verified)
+    state, extra = r               # the shape older callers unpack
+    for s in r.skipped:            # SkippedStep(step, reason), newest first
+        ...
+
+A damaged step that was skipped is moved aside to ``<directory>/<step>.damaged`` by the
+next ``save`` (it would otherwise block that step, or outlive intact ones under
+``max_to_keep``); restoring never changes the folder.
 
 Restoring compares the stored config with the current one and refuses a mismatch with a
-``CheckpointError`` that names every differing field.
+``CheckpointError`` that names every differing field (no fallback: that is not damage).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import hashlib
+import logging
 import os
-from collections.abc import Mapping
-from typing import Any
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -24,9 +45,17 @@ import orbax.checkpoint as ocp
 
 from efficientvit_jax.training.state import TrainState
 
+log = logging.getLogger(__name__)
+
+CHECKSUM_ALGORITHM = "sha256"
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or from another config (one-line message)."""
+
+
+class _DamagedError(Exception):
+    """One step failed to read or verify; ``str`` is the one-line reason."""
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -73,6 +102,171 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     return diffs
 
 
+# --------------------------------------------------------------------------- checksums
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def leaf_name(path: tuple[Any, ...]) -> str:
+    """A tree path as ``"params/stage_1/kernel"`` (the key of a checksum)."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def array_checksum(x: Any) -> str:
+    """SHA-256 of an array's bytes (C order), as hex."""
+    a = np.ascontiguousarray(np.asarray(x))
+    # A uint8 view hashes any dtype (bfloat16 has no buffer-protocol format code).
+    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def tree_checksums(tree: Any) -> dict[str, str]:
+    """``{leaf_name: sha256}`` of every array leaf that this process holds entirely.
+
+    Leaves split across processes (multi-host sharding) are left out: no process has all
+    their bytes, and a checksum of one process's shards would not survive a change of
+    topology on restore.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue
+        out[leaf_name(path)] = array_checksum(leaf)
+    return out
+
+
+def checksum_mismatches(tree: Any, expected: Mapping[str, str]) -> list[str]:
+    """Names of the leaves of ``tree`` whose checksum differs from ``expected`` (in tree
+    order); leaves without an expected value are not checked."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        want = expected.get(leaf_name(path))
+        if want is not None and array_checksum(leaf) != want:
+            bad.append(leaf_name(path))
+    return bad
+
+
+# ----------------------------------------------------------------- orbax's async noise
+
+
+def _drop(_record: logging.LogRecord) -> bool:
+    return False
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+
+def _not_closed_loop(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _closed_loop(record.exc_info[1]))
+
+
+def _unraisable_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    def hook(u: Any) -> None:
+        if not _closed_loop(u.exc_value):
+            previous(u)
+
+    hook.drops_closed_loop = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _mute_closed_loop_callbacks() -> None:
+    """From now on, drop reports of callbacks for an event loop that no longer exists.
+
+    Orbax runs blocking work in threads and awaits it from the loop of its
+    ``asyncio.run``; a thread that finishes after a failed restore closed that loop calls
+    ``loop.call_soon_threadsafe`` and gets ``RuntimeError: Event loop is closed``, which
+    ``concurrent.futures`` logs with a traceback (or Python reports as unraisable), at
+    any later moment, e.g. after the caller printed its error. Nothing can act on such
+    a report; every other record and unraisable exception passes.
+    """
+    cf_log = logging.getLogger("concurrent.futures")
+    if _not_closed_loop not in cf_log.filters:
+        cf_log.addFilter(_not_closed_loop)
+    if not getattr(sys.unraisablehook, "drops_closed_loop", False):
+        sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Keep orbax's asyncio debris off stderr while it reads a checkpoint.
+
+    Orbax runs each restore under ``asyncio.run`` with one task per array shard. When one
+    read fails, ``asyncio.gather`` raises at once while the sibling reads go on; at
+    shutdown ``asyncio.run`` cancels them, orbax turns each ``CancelledError`` into an
+    ``Exception`` carrying a whole TensorStore spec, and asyncio logs every one
+    ("unhandled exception during asyncio.run() shutdown": thousands of lines for a real
+    model). Failed tasks that are garbage collected later log "Task exception was never
+    retrieved". Which of these appear is a race. The failure itself reaches the caller
+    as one line, so asyncio's records are dropped while the read runs, and the failed
+    tasks are collected before leaving, while the filter is still in place.
+    """
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(_drop)
+    try:
+        yield
+    finally:
+        gc.collect()
+        asyncio_log.removeFilter(_drop)
+
+
+def _orbax_call(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()`` with orbax's failure noise contained; any failure -> ``_DamagedError(what: ...)``.
+
+    The orbax exception is not chained: its traceback holds the failed asyncio tasks,
+    which would report themselves on stderr whenever the caller drops the error.
+    """
+    reason = None
+    with _quiet_failed_reads():
+        try:
+            return fn()
+        except Exception as e:
+            _mute_closed_loop_callbacks()
+            reason = f"{what}: {_one_line(e)}"
+            traceback.clear_frames(e.__traceback__)
+            del e
+    raise _DamagedError(reason)
+
+
+# -------------------------------------------------------------------------- restoring
+
+
+class SkippedStep(NamedTuple):
+    """A checkpoint ``restore`` passed over, and why (one line)."""
+
+    step: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What ``Checkpointer.restore`` returns.
+
+    Unpacks as ``state, extra = restored`` (the return shape of earlier versions).
+
+    Attributes:
+      state: the restored train state.
+      extra: the ``extra`` saved with it.
+      step: the step that was restored.
+      skipped: newer checkpoints passed over as damaged, newest first.
+      verified: whether the arrays were checked against stored checksums (``False`` for
+        checkpoints written before checksums were stored).
+    """
+
+    state: Any
+    extra: dict[str, Any]
+    step: int
+    skipped: tuple[SkippedStep, ...] = ()
+    verified: bool = True
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.state, self.extra))
+
+
 class Checkpointer:
     """Save and restore ``TrainState`` checkpoints in one folder (orbax, synchronous).
 
@@ -100,6 +294,8 @@ class Checkpointer:
         )
         self._options = options
         self._manager: ocp.CheckpointManager | None = None
+        # Steps a restore skipped as damaged; the next save moves them aside.
+        self._damaged: set[int] = set()
 
     def _mgr(self, create: bool = False) -> ocp.CheckpointManager:
         if self._manager is None:
@@ -111,7 +307,7 @@ class Checkpointer:
         return self._manager
 
     def all_steps(self) -> list[int]:
-        """Steps of the finished checkpoints, oldest first."""
+        """Steps of the finished checkpoints, oldest first (damaged ones included)."""
         if not os.path.isdir(self.directory):
             return []
         mgr = self._mgr()
@@ -119,14 +315,22 @@ class Checkpointer:
         return sorted(mgr.all_steps())
 
     def latest_step(self) -> int | None:
-        """The newest finished checkpoint's step, or ``None``."""
+        """The newest finished checkpoint's step, or ``None`` (it may be damaged:
+        ``restore`` finds out)."""
         steps = self.all_steps()
         return steps[-1] if steps else None
 
     def save(self, state: TrainState, *, extra: Mapping[str, Any] | None = None) -> int:
-        """Save ``state`` under its step (atomically); returns the step."""
+        """Save ``state`` under its step (atomically), with a checksum of every array;
+        returns the step. Steps an earlier ``restore`` skipped as damaged are first moved
+        aside to ``<step>.damaged``."""
         step = int(jax.device_get(state.step))
-        meta = {"config": self.config, "extra": config_to_dict(dict(extra or {}))}
+        meta = {
+            "config": self.config,
+            "extra": config_to_dict(dict(extra or {})),
+            "checksums": {"algorithm": CHECKSUM_ALGORITHM, "arrays": tree_checksums(state)},
+        }
+        self._set_aside_damaged()
         mgr = self._mgr(create=True)
         mgr.save(
             step,
@@ -138,46 +342,113 @@ class Checkpointer:
         mgr.wait_until_finished()
         return step
 
+    def _set_aside_damaged(self) -> None:
+        """Rename skipped damaged steps so that orbax no longer sees them as steps: kept
+        for inspection, out of the way of this run's saves and of ``max_to_keep``."""
+        for step in sorted(self._damaged):
+            src = os.path.join(self.directory, str(step))
+            if not os.path.isdir(src):
+                continue
+            dst, n = f"{src}.damaged", 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.damaged-{n}", n + 1
+            os.replace(src, dst)
+            log.warning("moved damaged checkpoint %s aside to %s", src, dst)
+        if self._damaged and self._manager is not None:
+            self._manager.reload()
+        self._damaged.clear()
+
     def restore(
-        self, target: TrainState, step: int | None = None
-    ) -> tuple[TrainState, dict[str, Any]]:
-        """The state saved at ``step`` (default: the latest) and its ``extra``.
+        self,
+        target: TrainState,
+        step: int | None = None,
+        *,
+        report: Callable[[str], None] | None = None,
+    ) -> Restored:
+        """The state saved at ``step``, or by default the newest intact checkpoint.
 
         ``target`` gives the structure, shapes and dtypes (e.g. a freshly created state).
-        Raises ``CheckpointError`` if there is no checkpoint, if it cannot be read, or if it
-        was saved with another config (naming the differing fields).
+        Every array is checked against the checksum stored at save time. With ``step=None``
+        a damaged checkpoint (unreadable, truncated, or failing a checksum) is skipped for
+        the next older one; if any were skipped, one line saying which and why, and which
+        step was restored, goes to ``report`` (default: this module's logger, as a
+        warning). The result unpacks as ``state, extra``; see ``Restored``.
+
+        Raises ``CheckpointError`` (one line) if there is no checkpoint, if none is intact
+        (each named with its reason) or the requested ``step`` is damaged, or if the
+        checkpoint was saved with another config (naming the differing fields).
         """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
-        elif step not in self.all_steps():
-            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
+        steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
+            candidates = [step]
+        elif not steps:
+            raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
+        else:
+            candidates = steps[::-1]
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        skipped: list[SkippedStep] = []
+        for s in candidates:
+            try:
+                state, extra, verified = self._restore_step(s, abstract)
+            except _DamagedError as e:
+                skipped.append(SkippedStep(s, str(e)))
+                continue
+            self._damaged.update(k.step for k in skipped)
+            if skipped:
+                (report or log.warning)(self._fallback_message(skipped, s))
+            return Restored(state, extra, s, tuple(skipped), verified)
+        if step is not None:
+            where = os.path.join(self.directory, str(step))
+            raise CheckpointError(f"checkpoint {where} is corrupt or unreadable ({skipped[0][1]})")
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory}: "
+            + "; ".join(f"step {k.step} is corrupt or unreadable ({k.reason})" for k in skipped)
+        )
+
+    def _fallback_message(self, skipped: list[SkippedStep], step: int) -> str:
+        parts = "; ".join(
+            f"checkpoint {os.path.join(self.directory, str(k.step))} is corrupt or "
+            f"unreadable ({k.reason})"
+            for k in skipped
+        )
+        return f"{parts}; restored step {step}, the newest intact checkpoint"
+
+    def _restore_step(self, step: int, abstract: Any) -> tuple[Any, dict[str, Any], bool]:
+        """One step's state, extra and whether it was verified; ``_DamagedError`` if it cannot
+        be read or fails a checksum, ``CheckpointError`` if its config differs."""
         mgr = self._mgr()
-        where = os.path.join(self.directory, str(step))
-        try:
-            meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:
-            raise CheckpointError(
-                f"checkpoint {where} is corrupt or unreadable (metadata): {_one_line(e)}"
-            ) from e
-        if not isinstance(meta, Mapping) or "config" not in meta:
-            raise CheckpointError(f"checkpoint {where} is corrupt: its metadata has no config")
+        meta = _orbax_call(
+            lambda: mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())),
+            "metadata",
+        )["meta"]
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("config"), Mapping):
+            raise _DamagedError("metadata: no config in it")
         diffs = config_differences(meta["config"], self.config)
         if diffs:
+            where = os.path.join(self.directory, str(step))
             raise CheckpointError(
                 f"checkpoint {where} was saved with another config; differs in " + "; ".join(diffs)
             )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        try:
-            state = mgr.restore(
+        state = _orbax_call(
+            lambda: mgr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            )["state"]
-        except Exception as e:
-            raise CheckpointError(
-                f"checkpoint {where} is corrupt or unreadable: {_one_line(e)}"
-            ) from e
-        return state, dict(meta.get("extra") or {})
+            ),
+            "arrays",
+        )["state"]
+        sums = meta.get("checksums")
+        if not isinstance(sums, Mapping):  # written before checksums were stored
+            return state, dict(meta.get("extra") or {}), False
+        if sums.get("algorithm") != CHECKSUM_ALGORITHM or not isinstance(
+            sums.get("arrays"), Mapping
+        ):
+            raise _DamagedError(f"metadata: checksums of an unknown kind {sums.get('algorithm')!r}")
+        bad = checksum_mismatches(state, sums["arrays"])
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise _DamagedError(f"array {bad[0]} fails its {CHECKSUM_ALGORITHM} checksum{more}")
+        return state, dict(meta.get("extra") or {}), True
 
     def close(self) -> None:
         """Release orbax's resources."""
@@ -187,5 +458,11 @@ class Checkpointer:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    # Orbax wraps a failed array read in a generic "Encountered error while reading array
+    # index"; the innermost cause is the TensorStore error that names the array and file.
+    while e.__cause__ is not None:
+        e = e.__cause__
+    # TensorStore errors may append the store's whole spec after "See full TensorStore
+    # details"; the first sentence says what failed.
+    text = " ".join(str(e).split()).split(" See full TensorStore details")[0]
     return f"{type(e).__name__}: {text[:300]}"

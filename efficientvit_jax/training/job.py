@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -181,7 +182,8 @@ def train_classifier(
         state = state.replace(opt_state=optimizer.init(state.params))
     log = RunLog()
     if opts.resume:
-        state, extra = ckpt.restore(state)  # CheckpointError (a ValueError) if missing/bad
+        # Falls back past damaged checkpoints, saying so; CheckpointError if none is intact.
+        state, extra = ckpt.restore(state, report=_warn)
         log = RunLog.from_extra(extra)
         from efficientvit_jax._io import check_output_writable
 
@@ -223,6 +225,10 @@ def train_classifier(
         metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
     _write_outputs(opts.output, metrics, log, final, ckpt)
     return metrics
+
+
+def _warn(message: str) -> None:
+    print(f"efficientvit-jax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _default_optimizer(opts: TrainOptions) -> Callable[[int], optax.GradientTransformation]:

@@ -1,0 +1,115 @@
+"""ONNX export through ``jax2onnx``: the portable path traced, then cleaned and checked.
+
+The graph ``jax2onnx`` writes has a Transpose pair around every conv (the model is NHWC
+inside, ONNX's Conv is NCHW) and the shape arithmetic of the symbolic batch. onnxruntime's
+basic graph optimisations (constant folding, transposes pushed through elementwise ops and
+cancelled, bias adds fused into the convs) run once here and the result is what is written:
+standard ONNX ops only (no onnxruntime domain), checked by ``onnx.checker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import jax.numpy as jnp
+
+from efficientvit_jax._io import atomic_write
+from efficientvit_jax.export.prepare import check_output_file, inference_function, input_spec
+from efficientvit_jax.export.source import Exportable
+from efficientvit_jax.ops import portable_ops
+
+# Opset 18: every op used here, and what TensorRT 8.6+ and onnxruntime 1.14+ read.
+DEFAULT_OPSET = 18
+
+
+def to_onnx_model(
+    model: Exportable, *, fold: bool = True, opset: int = DEFAULT_OPSET, batch: str = "batch"
+) -> tuple[Any, int]:
+    """``(onnx.ModelProto, folded BatchNorms)``, as ``jax2onnx`` traces the portable path."""
+    from jax2onnx import to_onnx
+
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per constant shape
+    forward, folded = inference_function(model, fold=fold)
+    output = "logits" if _has_classifier(model.module) else "features"
+    with portable_ops():
+        proto = to_onnx(
+            forward,
+            [input_spec(model, batch)],
+            model_name=model.name.replace(".", "_"),
+            opset=opset,
+            input_names=["images"],
+            output_names=[output],
+        )
+    return proto, folded
+
+
+def _has_classifier(module: Any) -> bool:
+    n = getattr(getattr(module, "config", None), "num_classes", None)
+    return bool(n)
+
+
+def optimize(proto: Any) -> Any:
+    """onnxruntime's basic (provider-independent) optimisations, applied once, offline."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "optimized.onnx")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = out
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(out)
+    # onnxruntime declares its own domains; keep the ones the graph uses.
+    used = {n.domain for n in optimized.graph.node} | {""}
+    keep = [o for o in optimized.opset_import if o.domain in used]
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(keep)
+    optimized.producer_name, optimized.producer_version = (
+        proto.producer_name,
+        proto.producer_version,
+    )
+    return optimized
+
+
+def export_onnx(
+    model: Exportable,
+    path: str | os.PathLike,
+    *,
+    fold: bool = True,
+    optimize_graph: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> dict[str, Any]:
+    """Write ``model`` to ``path`` as one ONNX file; returns what was done.
+
+    The input ``images`` has the model's layout and a symbolic batch dimension ``batch``;
+    the output is ``logits`` (or ``features`` for a model without classifier). Nothing is
+    left at ``path`` if anything fails.
+    """
+    import onnx
+
+    path = check_output_file(path)
+    t0 = time.perf_counter()
+    proto, folded = to_onnx_model(model, fold=fold, opset=opset)
+    # onnxruntime's CPU provider has no float16 kernels and would cast them to float32.
+    if optimize_graph and jnp.dtype(model.dtype) == jnp.float32:
+        proto = optimize(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    data = proto.SerializeToString()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+    ops: dict[str, int] = {}
+    for n in proto.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return dict(
+        path=path, format="onnx", seconds=time.perf_counter() - t0, bytes=len(data),
+        folded_batchnorms=folded, nodes=len(proto.graph.node), ops=ops,
+    )  # fmt: skip

@@ -1,0 +1,59 @@
+"""The function export traces: the portable path, BatchNorms folded, parameters in the
+compute dtype, and the output file checked before any work and written atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from efficientvit_jax._io import check_output_writable
+from efficientvit_jax.export.fold import fold_batchnorm
+from efficientvit_jax.export.source import Exportable, to_float
+
+FORMATS = ("onnx", "stablehlo")
+
+
+def check_output_file(path: str | os.PathLike) -> str:
+    """The absolute path, once its folder is proven writable (``ValueError`` otherwise)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path!r} is a folder; give a file name")
+    try:
+        check_output_writable(os.path.dirname(path))
+    except ValueError as e:
+        raise ValueError(f"--output {path!r} cannot be written: {e}") from e
+    return path
+
+
+def inference_function(model: Exportable, *, fold: bool = True) -> tuple[Callable, int]:
+    """``(images -> outputs, number of folded BatchNorms)``, the variables closed over.
+
+    With ``fold`` every BatchNorm that can is merged into its conv or linear layer; then the
+    parameters are cast to the compute dtype (a float16 file stores float16 weights; the
+    model still does its attention sums and division in float32).
+    """
+    module, variables = model.module, model.variables
+    folded = 0
+    if fold:
+        example = jax.ShapeDtypeStruct((1, *model.image_shape), model.dtype)
+        module, variables = fold_batchnorm(module, variables, example)
+        folded = len(module.folded)
+    dtype = jnp.dtype(model.dtype)
+    if dtype.itemsize < 4:
+        variables = {**variables, "params": to_float(variables["params"], dtype)}
+    else:
+        variables = jax.tree.map(jnp.asarray, variables)
+
+    def forward(images: jax.Array) -> jax.Array:
+        return module.apply(variables, images)
+
+    return forward, folded
+
+
+def input_spec(model: Exportable, batch: str = "batch") -> jax.ShapeDtypeStruct:
+    """The input with a symbolic batch dimension named ``batch``."""
+    dims = ", ".join(str(d) for d in model.image_shape)
+    return jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{batch}, {dims}"), model.dtype)

@@ -1,0 +1,148 @@
+"""What export takes: a model, its variables and the shape of one image, from any source.
+
+- ``from_zoo``: a zoo model or timm tag, with a timm weights file, a folder written by
+  ``convert``, or random weights;
+- ``from_checkpoint``: a ``train`` run (its folder, its ``checkpoints/`` folder or one step);
+- ``from_config``: the core builder with random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficientvit_jax.config import EfficientViTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Exportable:
+    """A model ready to export.
+
+    Attributes:
+      module: anything with ``apply(variables, images)`` (a Flax module).
+      variables: its eval-mode variables.
+      image_shape: one image as the model takes it, ``(C, H, W)`` or ``(H, W, C)``.
+      dtype: the compute dtype, also the dtype of the exported graph's input.
+      name: a name for the file's metadata and messages.
+    """
+
+    module: Any
+    variables: dict[str, Any]
+    image_shape: tuple[int, int, int]
+    dtype: Any = jnp.float32
+    name: str = "efficientvit"
+
+
+def image_shape(config: Any, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """One image of ``size`` (default: the config's own, else 224) in the config's layout."""
+    if size is None:
+        size = getattr(config, "image_size", None) or getattr(config, "img_size", None) or 224
+    h, w = (size, size) if isinstance(size, int) else size
+    c = getattr(config, "in_channels", None) or config.in_chans
+    return (c, h, w) if config.data_format == "NCHW" else (h, w, c)
+
+
+def random_variables(module: Any, shape: tuple[int, ...], seed: int) -> dict[str, Any]:
+    """The module's own initialisation (``init``, jitted) for a batch of one ``shape`` image."""
+    x = jnp.zeros((1, *shape), jnp.float32)
+    return jax.jit(module.init)(jax.random.key(seed), x)
+
+
+def from_config(config: EfficientViTConfig, *, seed: int = 0) -> Exportable:
+    """The core builder's model with random weights (``seed``), at ``config.image_size``."""
+    from efficientvit_jax.model import EfficientViT
+
+    module = EfficientViT(config)
+    shape = image_shape(config)
+    return Exportable(module, random_variables(module, shape, seed), shape, config.dtype)
+
+
+def _tag_size(name: str) -> int | None:
+    """The resolution a timm tag names (``efficientvit_b1.r288_in1k`` -> 288), if any."""
+    m = re.search(r"\.r(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def from_zoo(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    random_weights: bool = False,
+    seed: int = 0,
+    image_size: int | None = None,
+    **overrides: Any,
+) -> Exportable:
+    """A zoo model or timm tag with its weights.
+
+    Args:
+      name: a zoo name (``efficientvit_b0``) or a timm tag, passed on to ``create_model``.
+      weights: a timm checkpoint (``.safetensors`` or PyTorch zip) or a folder written by
+        ``efficientvit-jax convert``. A checkpoint of another variant is refused.
+      random_weights: no ``weights``: the model's own initialisation (``seed``).
+      image_size: the exported input's side (default: the tag's resolution, the config's
+        ``img_size``, else 224).
+      overrides: config fields (``num_classes``, ``data_format``, ``dtype``).
+    """
+    from efficientvit_jax.zoo import create_model
+
+    if weights is None and not random_weights:
+        raise ValueError(f"model {name!r}: no weights given (a weights file, or random weights)")
+    if weights is not None and os.path.isdir(weights):
+        module, variables = _from_converted(name, weights, overrides)
+    else:
+        module = create_model(name, **overrides)
+        variables = None if weights is None else _from_timm_file(name, weights, overrides)
+    cfg = module.config
+    shape = image_shape(cfg, image_size or _tag_size(name))
+    if variables is None:
+        variables = random_variables(module, shape, seed)
+    return Exportable(module, variables, shape, jnp.dtype(cfg.dtype), name)
+
+
+def _from_timm_file(name: str, path: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    from efficientvit_jax.zoo import load_timm_weights
+
+    if not os.path.isfile(path):
+        raise ValueError(f"weights {os.fspath(path)!r}: no such file")
+    # Only the fields that change the variables' shapes matter to the conversion.
+    shaped = {k: v for k, v in overrides.items() if k in ("num_classes", "in_chans")}
+    return load_timm_weights(os.fspath(path), name, **shaped)
+
+
+def _from_converted(name: str, folder: Any, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    from efficientvit_jax.zoo import create_model, is_converted, load_converted
+    from efficientvit_jax.zoo.converted import read_converted_meta
+
+    folder = os.fspath(folder)
+    if not is_converted(folder):
+        raise ValueError(
+            f"weights {folder!r}: a folder, but not one written by `efficientvit-jax convert` "
+            "(no model.json)"
+        )
+    meta = read_converted_meta(folder)
+    if meta["model"] != name:
+        raise ValueError(
+            f"weights {folder!r} hold {meta['model']!r}, not the requested model {name!r}"
+        )
+    _, variables = load_converted(folder)
+    saved = dict(meta.get("overrides") or {})
+    for k in ("num_classes", "in_chans"):
+        if k in overrides and overrides[k] != saved.get(k, overrides[k]):
+            raise ValueError(f"weights {folder!r} were converted with {k}={saved[k]}")
+    return create_model(name, **{**saved, **overrides}), variables
+
+
+def to_float(tree: Any, dtype: Any) -> Any:
+    """Every floating leaf of ``tree`` as ``dtype`` (NumPy arrays of a restored checkpoint too)."""
+
+    def cast(a: Any) -> Any:
+        a = np.asarray(a)
+        return jnp.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating) else jnp.asarray(a)
+
+    return jax.tree.map(cast, tree)

@@ -1,0 +1,56 @@
+"""StableHLO export through ``jax.export``: one file, symbolic batch, no package needed to run.
+
+Read it back in any process with JAX (not this package)::
+
+    exported = jax.export.deserialize(bytearray(open(path, "rb").read()))
+    logits = exported.call(images)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from efficientvit_jax._io import atomic_write
+from efficientvit_jax.export.prepare import check_output_file, inference_function, input_spec
+from efficientvit_jax.export.source import Exportable
+from efficientvit_jax.ops import portable_ops
+
+
+def to_exported(
+    model: Exportable, *, fold: bool = True, platforms: Sequence[str] | None = None
+) -> tuple[jax.export.Exported, int]:
+    """``(jax.export.Exported, folded BatchNorms)`` of the portable path, for ``platforms``
+    (default: the current backend; e.g. ``("cpu", "cuda")`` for a file that runs on both)."""
+    forward, folded = inference_function(model, fold=fold)
+    with portable_ops():
+        exported = jax.export.export(jax.jit(forward), platforms=platforms)(input_spec(model))
+    return exported, folded
+
+
+def export_stablehlo(
+    model: Exportable,
+    path: str | os.PathLike,
+    *,
+    fold: bool = True,
+    platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``model`` to ``path`` as a serialized ``jax.export.Exported``; returns what was done."""
+    path = check_output_file(path)
+    t0 = time.perf_counter()
+    exported, folded = to_exported(model, fold=fold, platforms=platforms)
+    data = exported.serialize()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+    return dict(
+        path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=len(data),
+        folded_batchnorms=folded, platforms=list(exported.platforms),
+    )  # fmt: skip

@@ -1,0 +1,394 @@
+"""Export: ONNX (onnxruntime) and StableHLO (a fresh process) against the JAX model, fp16, the CLI.
+
+Every comparison is with the unfolded model run by JAX itself (``model.apply`` on the original
+variables), at batch 1 and 3; the exported files have a symbolic batch, so one file serves both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is needed")
+ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
+pytest.importorskip("jax2onnx", reason="the export extra (jax2onnx) is needed")
+
+from efficientvit_jax import EfficientViTConfig, export  # noqa: E402
+from efficientvit_jax.cli import main  # noqa: E402
+from efficientvit_jax.export.source import Exportable  # noqa: E402
+from efficientvit_jax.model import EfficientViT  # noqa: E402
+from efficientvit_jax.zoo import create_model  # noqa: E402
+
+MIT = ["b0", "b1", "b2", "b3", "l1", "l2", "l3"]
+MSRA = ["m0", "m1", "m2", "m3", "m4", "m5"]
+FAST = {"efficientvit_b0", "efficientvit_m0"}
+# The smallest inputs: MIT needs a multiple of 32, MSRA at least 64 for its three stages.
+# Weights of this scale keep the random models well conditioned (at 0.3 the MSRA models
+# amplify float32 rounding to 1e-4 of their outputs, folded or not).
+SCALE = 0.2
+
+# Runs in a fresh interpreter: JAX and NumPy only, never this package.
+RELOAD = """
+import sys
+import jax, numpy as np
+jax.config.update("jax_disable_most_optimizations", True)
+exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
+data = np.load(sys.argv[2])
+worst = 0.0
+for key in ("x1", "x3"):
+    out = np.asarray(exported.call(data[key]), np.float32)
+    worst = max(worst, float(np.abs(out - data["y" + key[1:]]).max()))
+assert "efficientvit_jax" not in sys.modules
+print(worst)
+"""
+
+
+def _images(shape, n, seed=1, scale=1.0):
+    return (np.random.default_rng(seed).normal(size=(n, *shape)) * scale).astype(np.float32)
+
+
+def _tolerance(ref):
+    return 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+def _onnx_outputs(path, *xs):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["images"]
+    return [sess.run(None, {"images": x})[0] for x in xs]
+
+
+def _reload_elsewhere(path, tmp_path, x1, y1, x3, y3):
+    """Max difference of the StableHLO file's outputs, run in a process without the package."""
+    data = tmp_path / "io.npz"
+    np.savez(data, x1=x1, y1=y1, x3=x3, y3=y3)
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(path), str(data)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return float(proc.stdout.split()[-1])
+
+
+def _check_both_formats(model, variables, shape, tmp_path, name="m"):
+    """Export ``model`` both ways (folded), run the files, compare with ``model.apply``."""
+    x = _images(shape, 4)  # one program for the reference: batch 1 and batch 3 in one
+    y = np.asarray(jax.jit(model.apply)(variables, x))
+    x1, y1, x3, y3 = x[:1], y[:1], x[1:], y[1:]
+    dtype = getattr(model.config, "dtype", jnp.float32)
+    source = Exportable(model, variables, shape, dtype, name)
+    info = export.export_onnx(source, tmp_path / f"{name}.onnx")
+    onnx.checker.check_model(onnx.load(info["path"]), full_check=True)
+    dims = onnx.load(info["path"]).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == list(shape)
+    o1, o3 = _onnx_outputs(info["path"], x1, x3)
+    assert o1.shape == y1.shape and o3.shape == y3.shape
+    assert np.abs(o1 - y1).max() <= _tolerance(y1)
+    assert np.abs(o3 - y3).max() <= _tolerance(y3)
+    hlo = export.export_stablehlo(source, tmp_path / f"{name}.stablehlo")
+    assert _reload_elsewhere(hlo["path"], tmp_path, x1, y1, x3, y3) <= _tolerance(y3)
+    return info
+
+
+def _zoo_params():
+    names = [f"efficientvit_{v}" for v in MIT + MSRA]
+    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _zoo_params())
+def test_zoo_variant_exports_equal_the_jax_model(name, random_variables, tmp_path):
+    model = create_model(name)
+    shape = (3, 64, 64)
+    variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
+    info = _check_both_formats(model, variables, shape, tmp_path, name)
+    assert "BatchNormalization" not in info["ops"] and info["folded_batchnorms"] > 0
+    # The portable path: grouped Conv nodes for the depthwise convs, no shifted slices.
+    graph = onnx.load(info["path"]).graph
+    grouped = [n for n in graph.node if n.op_type == "Conv" and _attr(n, "group", 1) > 1]
+    # (The shifted-slice kernel would be k*k Slices per depthwise conv; the MSRA models' window
+    # crops are a few.)
+    assert grouped and len([n for n in graph.node if n.op_type == "Slice"]) < len(grouped)
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+@pytest.mark.parametrize(
+    "layout,data_format", [("cascaded", "NCHW"), ("edifice", "NHWC")]
+)  # fmt: skip
+def test_core_builder_exports_equal_the_jax_model(layout, data_format, random_variables, tmp_path):
+    cfg = EfficientViTConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
+        num_classes=10, layout=layout, data_format=data_format,
+    )  # fmt: skip
+    model = EfficientViT(cfg)
+    shape = (3, 32, 32) if data_format == "NCHW" else (32, 32, 3)
+    variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
+    info = _check_both_formats(model, variables, shape, tmp_path, layout)
+    assert info["folded_batchnorms"] == 0
+
+
+# --- BatchNorm folding -------------------------------------------------------------------------
+
+
+def _count(jaxpr, primitive):
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == primitive
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            n += _count(sub, primitive)
+    return n
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "efficientvit_b0",
+        pytest.param("efficientvit_b1", marks=pytest.mark.slow),
+        "efficientvit_m0",
+        pytest.param("efficientvit_m4", marks=pytest.mark.slow),
+    ],
+)
+def test_fold_batchnorm_equals_the_unfolded_model(name, random_variables):
+    model = create_model(name)
+    x = _images((3, 64, 64), 2)
+    variables = random_variables(model, jnp.zeros((1, 3, 64, 64)), scale=SCALE)
+    folded, fvars = export.fold_batchnorm(model, variables, x)
+    want = np.asarray(jax.jit(model.apply)(variables, x))
+    got = np.asarray(jax.jit(folded.apply)(fvars, x))
+    assert np.abs(got - want).max() <= _tolerance(want)
+    # No BatchNorm left: no statistics, and every BatchNorm's rsqrt gone from the program
+    # (the LayerNorms' stay).
+    n_bn = len(jax.tree.leaves(variables["batch_stats"])) // 2
+    assert "batch_stats" not in fvars and len(folded.folded) == n_bn
+    before = _count(jax.make_jaxpr(model.apply)(variables, x).jaxpr, "rsqrt")
+    after = _count(jax.make_jaxpr(folded.apply)(fvars, x).jaxpr, "rsqrt")
+    assert before - after == n_bn
+    assert sum(a.size for a in jax.tree.leaves(fvars)) < sum(
+        a.size for a in jax.tree.leaves(variables)
+    )
+
+
+# --- float16 -----------------------------------------------------------------------------------
+
+
+def _value_types(model):
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    return {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+
+
+def _amplify_attention(variables, block, factor):
+    """Q, K, V of one attention block ``factor`` times larger, its projection as much smaller.
+
+    The model's output hardly changes, but inside that block the sums over tokens exceed
+    float16's range (65504) while q, k, v and the attention's result stay within it: done
+    in float16 those sums give inf, then NaN (checked when this test was written by
+    swapping in an attention without the float32 casts).
+    """
+
+    def one(path, a):
+        names = [p.key for p in path]
+        if tuple(names[1 : 1 + len(block)]) != block or names[-1] != "kernel":
+            return a
+        inner = names[1 + len(block)]
+        return a * factor if inner in ("qkv", "head_0", "head_1") else a / factor
+
+    return jax.tree_util.tree_map_with_path(one, variables)
+
+
+@pytest.mark.parametrize("kind", ["mit", "core"])
+def test_float16_keeps_attention_sums_and_division_in_float32(kind, random_variables, tmp_path):
+    if kind == "mit":
+        model = create_model("efficientvit_b0", dtype=jnp.float16)
+        shape, attention_blocks = (3, 64, 64), 4  # stages 3 and 4 of B0: 2 blocks each
+        block = ("stages_2", "blocks_1", "context_module")
+    else:
+        cfg = EfficientViTConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
+            num_classes=10, dtype="float16",
+        )  # fmt: skip
+        model, shape, attention_blocks = EfficientViT(cfg), (3, 32, 32), 2 * 2  # heads x blocks
+        block = ("stage_0_block_0", "attn")
+    variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
+    variables = _amplify_attention(variables, block, 100.0)
+    source = Exportable(model, variables, shape, jnp.float16, kind)
+    info = export.export_onnx(source, tmp_path / "m.onnx")
+    graph = onnx.load(info["path"])
+    types = _value_types(graph)
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert graph.graph.input[0].type.tensor_type.elem_type == f16
+    # The attention's division is the only one of two computed values (the others divide by a
+    # constant: means, hardswish); it and its numerator and denominator are float32.
+    constants = {t.name for t in graph.graph.initializer}
+    constants |= {o for n in graph.graph.node if n.op_type == "Constant" for o in n.output}
+    divs = [n for n in graph.graph.node if n.op_type == "Div" and not set(n.input) & constants]
+    assert len(divs) == attention_blocks
+    for n in divs:
+        assert [types.get(v) for v in (*n.input, *n.output)] == [f32, f32, f32], n
+    weights = [t for t in graph.graph.initializer if len(t.dims) >= 2]
+    assert weights and all(t.data_type == f16 for t in weights)  # stored as float16
+    # Finite for inputs up to 1e3 (onnxruntime's CPU provider lacks float16 convs: run the
+    # StableHLO file of the same model).
+    hlo = export.export_stablehlo(source, tmp_path / "m.stablehlo")
+    with open(hlo["path"], "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    x = np.clip(_images(shape, 2, scale=1e3), -1e3, 1e3).astype(np.float16)
+    out = np.asarray(exported.call(x))
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+
+
+# --- a trained model, through the CLI ----------------------------------------------------------
+
+TINY = [
+    "--image-size", "16", "--patch-size", "4", "--embed-dim", "8", "--depths", "1,1",
+    "--num-heads", "2,2", "--batch-size", "32", "--epochs", "1", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits run of 2 steps (checkpoints 1 and 2)."""
+    out = tmp_path_factory.mktemp("digits")
+    assert main(["train", *TINY, "--max-steps", "2", "--save-every", "1", "-o", str(out)]) == 0
+    return out
+
+
+def _restored(run, step):
+    """The run's model and params at ``step``, read with orbax and the run's metrics.json."""
+    import orbax.checkpoint as ocp
+
+    cfg = json.loads((run / "metrics.json").read_text())["config"]["model"]
+    state = ocp.StandardCheckpointer().restore(run / "checkpoints" / str(step) / "state")
+    return EfficientViT(EfficientViTConfig(**cfg)), {"params": state["params"]}
+
+
+def test_trained_checkpoint_gives_the_same_predictions_in_onnxruntime(trained, tmp_path, capsys):
+    from efficientvit_jax.training.digits import load_digits_split
+
+    out = tmp_path / "digits.onnx"
+    assert main(["export", "--format", "onnx", "--checkpoint", str(trained), "-o", str(out)]) == 0
+    assert "checkpoint_step_2" in capsys.readouterr().out
+    images = load_digits_split(16).test_images[:64]
+    model, variables = _restored(trained, 2)
+    want = np.asarray(jax.jit(model.apply)(variables, images))
+    (got,) = _onnx_outputs(out, images)
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    assert np.abs(got - want).max() <= _tolerance(want)
+
+
+def test_checkpoint_step_choice_and_step_folder(trained, tmp_path):
+    from efficientvit_jax.export.checkpoint import read_checkpoint
+
+    model, variables = _restored(trained, 1)
+    for args in (["--checkpoint", str(trained), "--step", "1"],
+                 ["--checkpoint", str(trained / "checkpoints" / "1")]):  # fmt: skip
+        out = tmp_path / "s.stablehlo"
+        assert main(["export", "--format", "stablehlo", "-o", str(out), *args]) == 0
+        exported = jax.export.deserialize(bytearray(out.read_bytes()))
+        x = _images((1, 16, 16), 2)
+        want = np.asarray(jax.jit(model.apply)(variables, x))
+        assert np.abs(np.asarray(exported.call(x)) - want).max() <= _tolerance(want)
+    assert read_checkpoint(trained / "checkpoints")[0] == 2
+
+
+def test_latest_intact_step_is_used(trained, tmp_path):
+    import shutil
+
+    from efficientvit_jax.export.checkpoint import read_checkpoint
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    for root, _, files in os.walk(run / "checkpoints" / "2" / "state"):
+        for f in files:
+            os.remove(os.path.join(root, f))
+    assert read_checkpoint(run)[0] == 1
+    with pytest.raises(ValueError, match="no intact checkpoint"):
+        read_checkpoint(run, 2)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _fails(capsys, out, *argv, message):
+    assert main(["export", "-o", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert err.startswith("efficientvit-jax export: error:")
+    assert not os.path.exists(out)
+    leftovers = [n for n in os.listdir(os.path.dirname(out)) if ".tmp" in n]
+    assert not leftovers
+
+
+def test_unknown_format(tmp_path, capsys):
+    _fails(capsys, tmp_path / "m.x", "--format", "tflite", message="--format must be one of")
+
+
+def test_checkpoint_folder_without_checkpoint(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _fails(
+        capsys, tmp_path / "m.onnx", "--format", "onnx", "--checkpoint", str(tmp_path / "empty"),
+        message="no checkpoint",
+    )  # fmt: skip
+
+
+def test_weights_of_another_variant(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path / "m1.safetensors"
+    save_file(timm.create_model("efficientvit_m1").state_dict(), str(path))
+    _fails(
+        capsys, tmp_path / "m.onnx", "--format", "onnx", "--model", "efficientvit_m0",
+        "--weights", str(path), message="do not match",
+    )  # fmt: skip
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "sub" / "m.onnx"
+    assert main(["export", "--format", "stablehlo", "-o", str(out), "--embed-dim", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be written" in err
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_missing_jax2onnx_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if the extra were not installed
+    _fails(
+        capsys, tmp_path / "m.onnx", "--format", "onnx", "--embed-dim", "8",
+        message="pip install 'efficientvit-jax[export]'",
+    )  # fmt: skip
+
+
+def test_failure_midway_leaves_no_file(tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("checker says no")
+
+    monkeypatch.setattr(onnx.checker, "check_model", broken)
+    _fails(
+        capsys, tmp_path / "m.onnx", "--format", "onnx", "--embed-dim", "8", "--depths", "1",
+        "--num-heads", "2", "--image-size", "32", message="checker says no",
+    )  # fmt: skip
+
+
+def test_builder_options_are_refused_with_a_zoo_model(tmp_path, capsys):
+    _fails(
+        capsys, tmp_path / "m.onnx", "--format", "onnx", "--model", "efficientvit_b0",
+        "--random-weights", "--embed-dim", "8", message="--embed-dim",
+    )  # fmt: skip
