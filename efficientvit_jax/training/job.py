@@ -171,23 +171,7 @@ def train_classifier(
     spe = source.steps_per_epoch
     total = spe * opts.epochs
     stop = total if opts.max_steps is None else min(opts.max_steps, total)
-    optimizer = (tuning.optimizer or _default_optimizer(opts))(total)
-    if opts.ema_decay is not None:
-        optimizer = with_ema(optimizer, opts.ema_decay)
-    if setup is not None:
-        optimizer = setup.wrap_optimizer(optimizer)
-    state = create_train_state(model, optimizer, opts.seed, source.sample_images)
-    if tuning.prepare is not None:
-        state = tuning.prepare(state)
-        state = state.replace(opt_state=optimizer.init(state.params))
-    log = RunLog()
-    if opts.resume:
-        # Falls back past damaged checkpoints, saying so; CheckpointError if none is intact.
-        state, extra = ckpt.restore(state, report=_warn)
-        log = RunLog.from_extra(extra)
-        from efficientvit_jax._io import check_output_writable
-
-        check_output_writable(opts.output)
+    optimizer, state, log = _start(model, source, opts, ckpt, setup, tuning, total)
     ls = opts.label_smoothing
     state, train_step = _steps(model, optimizer, state, setup, ls, tuning.frozen_backbone)
     held_out = _held_out_fn(model, source)
@@ -225,6 +209,31 @@ def train_classifier(
         metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
     _write_outputs(opts.output, metrics, log, final, ckpt)
     return metrics
+
+
+def _start(
+    model: Any, source: Source, opts: TrainOptions, ckpt: Checkpointer, setup: Any,
+    tuning: Tuning, total: int,
+) -> tuple[optax.GradientTransformation, TrainState, RunLog]:  # fmt: skip
+    """The optimizer, and the state and history to start from: fresh (and prepared, e.g.
+    pretrained weights loaded) or, with ``resume``, the newest intact checkpoint."""
+    optimizer = (tuning.optimizer or _default_optimizer(opts))(total)
+    if opts.ema_decay is not None:
+        optimizer = with_ema(optimizer, opts.ema_decay)
+    if setup is not None:
+        optimizer = setup.wrap_optimizer(optimizer)
+    state = create_train_state(model, optimizer, opts.seed, source.sample_images)
+    if tuning.prepare is not None:
+        state = tuning.prepare(state)
+        state = state.replace(opt_state=optimizer.init(state.params))
+    if not opts.resume:
+        return optimizer, state, RunLog()
+    # Falls back past damaged checkpoints, saying so; CheckpointError if none is intact.
+    state, extra = ckpt.restore(state, report=_warn)
+    from efficientvit_jax._io import check_output_writable
+
+    check_output_writable(opts.output)
+    return optimizer, state, RunLog.from_extra(extra)
 
 
 def _warn(message: str) -> None:
