@@ -41,6 +41,9 @@ def _session(path: str, threads: int) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    # onnxruntime's pool spins after each run by default, taking the cores from the timm
+    # worker and JAX that run next in turn; without spinning each side gets the machine alone.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

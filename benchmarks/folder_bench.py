@@ -71,8 +71,11 @@ class _GrainAugment:
 def grain_rate(samples: list, batch: int, workers: int) -> float | None:
     try:
         import grain.python as grain
+        from absl import flags
     except ImportError:
         return None
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; this script has none of its own
+        flags.FLAGS.mark_as_parsed()
 
     class Augment(grain.MapTransform):
         def __init__(self) -> None:
