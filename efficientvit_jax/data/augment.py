@@ -134,22 +134,18 @@ def resize_center_crop(
     ``floor(size / crop_pct)`` (the longer side in proportion, truncated as torchvision
     does), then the centre ``size`` crop. (For a non-square size timm matches the shorter
     side of the ratio instead; the shorter image side is used here.)"""
-    scale = math.floor(min(size) / crop_pct)
-    w, h = img.size
-    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)
-    img = img.resize(new, resample(interpolation))
-    th, tw = size
-    top = round((new[1] - th) / 2.0)
-    left = round((new[0] - tw) / 2.0)
-    return img.crop((left, top, left + tw, top + th))
+    from efficientvit_jax.data.transforms import center_crop, resize_shorter
+
+    img = resize_shorter(img, math.floor(min(size) / crop_pct), interpolation)
+    return Image.fromarray(center_crop(np.asarray(img), *size))
 
 
 def to_normalized(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """float32 HxWxC: pixels / 255, minus ``mean``, over ``std`` (per channel)."""
-    x = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    from efficientvit_jax.data.transforms import normalize
+
+    pixels = np.asarray(img)
+    return normalize(pixels[:, :, None] if pixels.ndim == 2 else pixels, mean, std)
 
 
 def random_erasing(

@@ -18,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from efficientvit_jax.data.augment import batch_rng, image_rng
 from efficientvit_jax.data.loader import Batch, ImageLoader
-
-# Keeps the streams of images and of batches apart for the same (seed, epoch).
-_IMAGE_STREAM, _BATCH_STREAM = 0, 1
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -85,11 +83,10 @@ class TrainPipeline:
         samples = [self.samples[i] for i in ids]
 
         def load(path: str, i: int) -> np.ndarray:
-            rng = np.random.default_rng([self.seed, epoch, _IMAGE_STREAM, int(positions[i])])
-            return self.augment(path, rng)
+            return self.augment(path, image_rng(self.seed, epoch, int(positions[i])))
 
         def mix(batch: Batch, index: int) -> Batch:
-            rng = np.random.default_rng([self.seed, epoch, _BATCH_STREAM, start_batch + index])
+            rng = batch_rng(self.seed, epoch, start_batch + index)
             batch.images, batch.labels = self.mix(batch.images, batch.labels, rng)
             return batch
 
