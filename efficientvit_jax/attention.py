@@ -84,7 +84,8 @@ def _key_sums(k: jax.Array, v: jax.Array, chunk_size: int | None) -> tuple[jax.A
 
     def sums(kc: jax.Array, vc: jax.Array) -> tuple[jax.Array, jax.Array]:
         phi = elu_plus_one(kc.astype(f32))
-        return jnp.einsum("...md,...me->...de", phi, vc.astype(f32)), jnp.sum(phi, axis=-2)
+        # matmuls, not einsums: ONNX MatMul nodes when exported (see zoo.mit.relu_linear_attention)
+        return jnp.swapaxes(phi, -1, -2) @ vc.astype(f32), jnp.sum(phi, axis=-2)
 
     m = k.shape[-2]
     full, c = _chunks(m, chunk_size)
@@ -114,9 +115,9 @@ def _queries(
 
     def read(qc: jax.Array) -> jax.Array:
         phi = elu_plus_one(qc.astype(jnp.float32))
-        num = jnp.einsum("...nd,...de->...ne", phi, kv)
-        den = jnp.einsum("...nd,...d->...n", phi, k_sum) + eps
-        return (num / den[..., None]).astype(dtype)
+        num = phi @ kv
+        den = phi @ k_sum[..., None] + eps
+        return (num / den).astype(dtype)
 
     n = q.shape[-2]
     full, c = _chunks(n, chunk_size)

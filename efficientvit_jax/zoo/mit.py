@@ -33,14 +33,17 @@ from efficientvit_jax.zoo.registry import ModelEntry, register
 ActName = Literal["hardswish", "gelu_tanh", "gelu", "relu", "relu6"]
 StageKind = Literal["mbconv", "fused", "attention"]
 
+# Each looks jax.nn up when called, not at import: exporters (jax2onnx) patch jax.nn's functions
+# while they trace, and a captured reference would bypass them (HardSwish would become five
+# elementwise nodes, a third of the exported B0's time in onnxruntime).
 _ACTS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "hardswish": jax.nn.hard_swish,
+    "hardswish": lambda x: jax.nn.hard_swish(x),
     # timm's GELUTanh (the L models) is the tanh approximation ...
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     # ... and nn.GELU the exact erf form (Flax's default is tanh, hence explicit).
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "relu6": jax.nn.relu6,
+    "relu": lambda x: jax.nn.relu(x),
+    "relu6": lambda x: jax.nn.relu6(x),
 }
 
 
@@ -174,7 +177,7 @@ class GroupedPointwise(nn.Module):
         kernel = self.param("kernel", TORCH_KERNEL_INIT, (1, 1, c // g, c), self.param_dtype)
         # output channel o belongs to group o // (c/g), as in PyTorch
         w = kernel.astype(self.dtype).reshape(c // g, g, c // g).transpose(1, 0, 2)
-        return jnp.einsum("gti,gio->gto", group_major(x.astype(self.dtype), g), w)
+        return group_major(x.astype(self.dtype), g) @ w  # a batched MatMul in ONNX (not Einsum)
 
 
 def group_major(x: jax.Array, groups: int) -> jax.Array:
@@ -345,10 +348,12 @@ def relu_linear_attention(
     f32 = jnp.float32
     q = jax.nn.relu(q.astype(f32))
     k = jax.nn.relu(k.astype(f32))
-    kv = jnp.einsum("...nd,...ne->...de", k, v.astype(f32))
-    k_sum = jnp.sum(k, axis=-2)
-    num = jnp.einsum("...nd,...de->...ne", q, kv)
-    den = jnp.einsum("...nd,...d->...n", q, k_sum)[..., None] + eps
+    # Matmuls rather than einsums: the same dot_generals for XLA, and ONNX MatMul nodes when
+    # exported (jax2onnx writes jnp.einsum as Einsum, several times slower in onnxruntime).
+    kv = jnp.swapaxes(k, -1, -2) @ v.astype(f32)
+    k_sum = jnp.sum(k, axis=-2, keepdims=True)  # [..., 1, d]
+    num = q @ kv
+    den = q @ jnp.swapaxes(k_sum, -1, -2) + eps
     return (num / den).astype(v.dtype)
 
 

@@ -318,9 +318,10 @@ class CascadedGroupAttention(nn.Module):
             q = q.reshape(b, h * w, self.key_dim) * jnp.asarray(scale, q.dtype)
             k = k.reshape(b, h * w, self.key_dim)
             v = v.reshape(b, h * w, self.val_dim)
-            logits = jnp.einsum("bnd,bmd->bnm", q, k).astype(acc) + bias[j]
+            # matmuls, not einsums: ONNX MatMul nodes when exported
+            logits = (q @ jnp.swapaxes(k, -1, -2)).astype(acc) + bias[j]
             attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-            feat = jnp.einsum("bnm,bmd->bnd", attn, v).reshape(b, h, w, self.val_dim)
+            feat = (attn @ v).reshape(b, h, w, self.val_dim)
             outs.append(feat)
         y = nn.relu(jnp.concatenate(outs, axis=-1))
         return ConvNorm(c, bn_weight_init=0.0, name="proj", **kw)(y, train)
