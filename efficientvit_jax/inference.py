@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientvit_jax import zoo
-from efficientvit_jax.data import tags
 
 
 def load_pretrained(
@@ -36,18 +35,8 @@ def load_pretrained(
     if not os.path.exists(weights):
         raise ValueError(f"--weights {weights}: no such file or folder")
     overrides = {} if num_classes is None else {"num_classes": num_classes}
-    if zoo.is_converted(weights):
-        meta = zoo.converted.read_converted_meta(weights)
-        ours, theirs = tags.split_name(name)[0], tags.split_name(meta["model"])[0]
-        if ours != theirs:
-            raise ValueError(f"--weights {weights} holds {theirs} weights, not {ours}")
-        saved = meta.get("overrides", {}).get("num_classes")
-        if num_classes is not None and saved not in (None, num_classes):
-            raise ValueError(f"--weights {weights} has {saved} classes, not {num_classes}")
-        _, variables = zoo.load_converted(weights)
-        return zoo.create_model(name, **meta.get("overrides", {})), variables
     if os.path.isdir(weights):
-        raise ValueError(f"--weights {weights} is a folder without model.json (not from convert)")
+        return zoo.converted.load_converted_as(name, weights, **overrides)
     return zoo.create_model(name, **overrides), zoo.load_timm_weights(weights, name, **overrides)
 
 

@@ -151,19 +151,11 @@ def _head_paths(merged: Any, num_classes: int) -> list[str]:
 def _load_pretrained(args: argparse.Namespace) -> dict[str, Any]:
     """Variables from a timm checkpoint (its classifier dropped when it has another size) or
     a ``convert`` folder of the same architecture."""
-    from efficientvit_jax.data.tags import split_name
-    from efficientvit_jax.zoo import is_converted, load_converted
-    from efficientvit_jax.zoo.converted import read_converted_meta
+    from efficientvit_jax.zoo.converted import load_converted_as
 
-    if is_converted(args.weights):
-        theirs = split_name(read_converted_meta(args.weights)["model"])[0]
-        if theirs != split_name(args.model)[0]:
-            raise ValueError(f"--weights {args.weights} holds {theirs} weights, not {args.model}")
-        return load_converted(args.weights)[1]
     if os.path.isdir(args.weights):
-        raise ValueError(
-            f"--weights {args.weights} is a folder without model.json (not from convert)"
-        )
+        # any head size: merge_pretrained re-initialises a classifier that does not fit
+        return load_converted_as(args.model, args.weights)[1]
     variables, dropped = _timm_at_some_size(args)
     if dropped:
         print(f"checkpoint classifier not loaded (another class count): {', '.join(dropped)}")

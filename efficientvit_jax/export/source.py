@@ -90,11 +90,12 @@ def from_zoo(
       overrides: config fields (``num_classes``, ``data_format``, ``dtype``).
     """
     from efficientvit_jax.zoo import create_model
+    from efficientvit_jax.zoo.converted import load_converted_as
 
     if weights is None and not random_weights:
         raise ValueError(f"model {name!r}: no weights given (a weights file, or random weights)")
     if weights is not None and os.path.isdir(weights):
-        module, variables = _from_converted(name, weights, overrides)
+        module, variables = load_converted_as(name, weights, **overrides)
     else:
         module = create_model(name, **overrides)
         variables = None if weights is None else _from_timm_file(name, weights, overrides)
@@ -113,29 +114,6 @@ def _from_timm_file(name: str, path: Any, overrides: dict[str, Any]) -> dict[str
     # Only the fields that change the variables' shapes matter to the conversion.
     shaped = {k: v for k, v in overrides.items() if k in ("num_classes", "in_chans")}
     return load_timm_weights(os.fspath(path), name, **shaped)
-
-
-def _from_converted(name: str, folder: Any, overrides: dict[str, Any]) -> tuple[Any, Any]:
-    from efficientvit_jax.zoo import create_model, is_converted, load_converted
-    from efficientvit_jax.zoo.converted import read_converted_meta
-
-    folder = os.fspath(folder)
-    if not is_converted(folder):
-        raise ValueError(
-            f"weights {folder!r}: a folder, but not one written by `efficientvit-jax convert` "
-            "(no model.json)"
-        )
-    meta = read_converted_meta(folder)
-    if meta["model"] != name:
-        raise ValueError(
-            f"weights {folder!r} hold {meta['model']!r}, not the requested model {name!r}"
-        )
-    _, variables = load_converted(folder)
-    saved = dict(meta.get("overrides") or {})
-    for k in ("num_classes", "in_chans"):
-        if k in overrides and overrides[k] != saved.get(k, overrides[k]):
-            raise ValueError(f"weights {folder!r} were converted with {k}={saved[k]}")
-    return create_model(name, **{**saved, **overrides}), variables
 
 
 def to_float(tree: Any, dtype: Any) -> Any:

@@ -12,7 +12,11 @@ import json
 import os
 from typing import Any
 
-from efficientvit_jax.zoo.registry import create_model
+from efficientvit_jax.zoo.registry import create_model, get_config
+
+# Config fields that change the variables' shapes: an override of one must agree with the
+# folder's; the others (dtype, data_format, drop_rate) apply freely.
+SHAPED_FIELDS = ("num_classes", "in_chans")
 
 VARIABLES_DIR = "variables"
 META_FILE = "model.json"
@@ -64,3 +68,37 @@ def load_converted(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     meta = read_converted_meta(directory)
     variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
     return create_model(meta["model"], **meta.get("overrides", {})), variables
+
+
+def load_converted_as(
+    name: str, folder: str | os.PathLike, *, option: str = "--weights", **overrides: Any
+) -> tuple[Any, dict[str, Any]]:
+    """``(module, variables)`` of zoo model or tag ``name`` from a ``convert`` folder.
+
+    The folder may hold any tag of the same variant (``efficientvit_b0.r224_in1k`` weights
+    serve ``efficientvit_b0``). ``overrides`` apply to the module; one that changes the
+    variables' shapes (``num_classes``, ``in_chans``) must agree with the folder's. Every
+    refusal is a ``ValueError`` of one line naming ``option`` and the folder.
+    """
+    from efficientvit_jax.data.tags import split_name  # data-only module: names, no models
+
+    folder = os.fspath(folder)
+    if not is_converted(folder):
+        raise ValueError(
+            f"{option} {folder}: a folder, but not one written by `efficientvit-jax convert` "
+            "(no model.json)"
+        )
+    meta = read_converted_meta(folder)
+    ours, theirs = split_name(name)[0], split_name(meta["model"])[0]
+    if ours != theirs:
+        raise ValueError(f"{option} {folder} holds {theirs} weights, not {ours}")
+    saved = dict(meta.get("overrides") or {})
+    converted = get_config(meta["model"], **saved)  # its defaults count too
+    for k in SHAPED_FIELDS:
+        if k in overrides and overrides[k] != getattr(converted, k):
+            raise ValueError(
+                f"{option} {folder} was converted with {k}={getattr(converted, k)}, "
+                f"not {overrides[k]}"
+            )
+    _, variables = load_converted(folder)
+    return create_model(name, **{**saved, **overrides}), variables

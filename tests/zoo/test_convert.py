@@ -130,3 +130,30 @@ def test_cli_errors_are_one_line(tmp_path: Any, capsys: Any, case: str, needle: 
     assert needle in err
     assert err.count("\n") == 1 and err.startswith("efficientvit-jax convert: error:")
     assert not os.path.exists(tmp_path / "out" / "variables")
+
+
+def test_converted_folder_serves_any_tag_of_its_variant_and_refuses_others(tmp_path: Any) -> None:
+    """``load_converted_as``, behind ``predict``/``eval``, fine-tuning and export alike."""
+    import jax.numpy as jnp
+
+    from efficientvit_jax.zoo import save_converted
+    from efficientvit_jax.zoo.converted import load_converted_as
+
+    cfg = MIT_CONFIGS["efficientvit_b0"]
+    variables = mit_from_timm(_timm_layout_state_dict("efficientvit_b0", seed=2), cfg)
+    out = tmp_path / "b0"
+    save_converted(out, variables, model="efficientvit_b0.r224_in1k")
+    module, got = load_converted_as("efficientvit_b0", out, dtype=jnp.bfloat16)
+    assert module.config.dtype == jnp.bfloat16 and module.config.num_classes == 1000
+    jax.tree.map(np.testing.assert_array_equal, got, variables)
+    refusals = {
+        "holds efficientvit_b0 weights, not efficientvit_b1": dict(name="efficientvit_b1"),
+        "was converted with num_classes=1000, not 10": dict(num_classes=10),
+    }
+    for needle, kw in refusals.items():
+        with pytest.raises(ValueError, match=needle) as e:
+            load_converted_as(kw.pop("name", "efficientvit_b0"), out, **kw)
+        assert "\n" not in str(e.value) and str(out) in str(e.value)
+    os.makedirs(tmp_path / "plain")
+    with pytest.raises(ValueError, match=r"--model-weights .* not one written by"):
+        load_converted_as("efficientvit_b0", tmp_path / "plain", option="--model-weights")
