@@ -1,6 +1,6 @@
 """One entry point for every benchmark of the package; writes JSON, a Markdown table and a plot.
 
-    python benchmarks/run.py                      # the full run behind the README table
+    python benchmarks/run.py                      # the full run behind docs/benchmarks.md
     python benchmarks/run.py --quick --out DIR    # tiny sizes: a smoke run (what the tests do)
 
 Sections (``--sections`` picks some):
@@ -321,7 +321,7 @@ def plot_attention(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The tables of the README, from the results."""
+    """The tables of docs/benchmarks.md, from the results."""
     out = []
     core = results.get("core") or []
     if core:

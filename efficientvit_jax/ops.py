@@ -302,7 +302,7 @@ def conv2d(
     - at most 4 input channels (an RGB stem): the sum over taps and input channels of a
       strided slice times a kernel row, one fused elementwise pass. The stride-2 3x3 stems at
       224x224, batch 32: 3.3 ms for 8 outputs, 6.1 ms for 16, against 16.6 and 13.0 ms for
-      XLA's conv and 4.3 and 3.7 ms for PyTorch (PERF notes in the README). Its kernel
+      XLA's conv and 4.3 and 3.7 ms for PyTorch (on the project's 2-core CPU). Its kernel
       gradient is a matmul of image patches by the cotangent, built a chunk of images at a time.
 
     Everything else, and ``impl="xla"``, is ``lax.conv_general_dilated``. ``impl`` takes the

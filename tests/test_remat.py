@@ -41,7 +41,7 @@ def test_remat_shrinks_the_residuals_kept_for_the_backward_pass(layout):
     # residuals held by the VJP closure (abstract evaluation, nothing runs).
     # XLA's own memory analysis on CPU does not show the saving: its CPU
     # pipeline expands the optimisation barriers and schedules the recomputation
-    # early (measured: same temp size, see the README); GPU and TPU keep it.
+    # early (measured: same temp size, see docs/model.md, Rematerialisation); GPU and TPU keep it.
     deep = dict(
         image_size=64, patch_size=4, embed_dim=32, depths=(8,), num_heads=(4,), num_classes=5
     )
