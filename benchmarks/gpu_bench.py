@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -36,30 +35,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import JaxTrainer  # benchmarks/run.py: the same train step as the CPU table
+# benchmarks/run.py: the same train step and timing as the CPU tables
+from run import JaxTrainer, median_time
 
 from efficientvit_jax.zoo import create_model, load_timm_weights
 
-
-def timed_calls(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
-    """Median seconds of one ``fn(); sync()`` after three warm-up calls."""
-    for _ in range(3):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+# Every function timed here returns only once the device is done (JAX blocks on its result,
+# the torch runs synchronise), so wall time is device time.
 
 
-def first_call(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+def first_call(fn: Callable[[], Any]) -> float:
+    """Seconds of the first call: compilation (and autotuning) included."""
     t = time.perf_counter()
     fn()
-    sync()
     return time.perf_counter() - t
+
+
+def ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median milliseconds of a call after three warm-up calls."""
+    return 1e3 * median_time(fn, repeats, warmup=3)
 
 
 class TorchRunner:
@@ -85,7 +79,9 @@ class TorchRunner:
 
         def run():
             with torch.inference_mode(), torch.autocast(self.device, dtype=torch.bfloat16):
-                return model(x)
+                out = model(x)
+            self.sync()
+            return out
 
         return run
 
@@ -101,6 +97,7 @@ class TorchRunner:
                 loss = torch.nn.functional.cross_entropy(model(x).float(), y)
             loss.backward()
             opt.step()
+            self.sync()
 
         return run
 
@@ -115,7 +112,6 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
     variables = jax.device_put(load_timm_weights({k: v.numpy() for k, v in state.items()}, name))
     model = create_model(name, dtype=jnp.bfloat16)
     runner = TorchRunner(name, state, device)
-    jax_sync = lambda: None  # noqa: E731  (JAX calls block on their own result below)
     size = args.size
     for batch in args.batches:
         x = np.random.default_rng(batch).random((batch, 3, size, size), np.float32)
@@ -124,10 +120,10 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
         apply = jax.jit(model.apply)
         jax_run = lambda apply=apply, xj=xj: apply(variables, xj).block_until_ready()  # noqa: E731
         row: dict[str, Any] = dict(model=name, mode="infer", batch=batch)
-        row["jax_compile_s"] = first_call(jax_run, jax_sync)
-        row["jax_ms"] = 1e3 * timed_calls(jax_run, jax_sync, args.repeats)
+        row["jax_compile_s"] = first_call(jax_run)
+        row["jax_ms"] = ms(jax_run, args.repeats)
         eager = runner.infer(xt, compiled=False)
-        row["eager_ms"] = 1e3 * timed_calls(eager, runner.sync, args.repeats)
+        row["eager_ms"] = ms(eager, args.repeats)
         # Same weights, same bf16 compute: the logits agree to bf16's precision (a sanity check
         # that both sides ran the same model, not a parity test).
         ref = eager().float().cpu().numpy()
@@ -135,8 +131,8 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
         row["logit_scale"] = float(np.abs(ref).max())
         if args.compile:
             compiled = runner.infer(xt, compiled=True)
-            row["compile_first_call_s"] = first_call(compiled, runner.sync)
-            row["compile_ms"] = 1e3 * timed_calls(compiled, runner.sync, args.repeats)
+            row["compile_first_call_s"] = first_call(compiled)
+            row["compile_ms"] = ms(compiled, args.repeats)
         emit(row)
     batch = args.train_batch
     x = np.random.default_rng(0).random((batch, 3, size, size), np.float32)
@@ -145,16 +141,14 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
         model, jax.tree.map(jnp.copy, variables), jax.device_put(x), jax.device_put(y)
     )
     row = dict(model=name, mode="train", batch=batch)
-    row["jax_compile_s"] = first_call(trainer, jax_sync)
-    row["jax_ms"] = 1e3 * timed_calls(trainer, jax_sync, args.repeats)
+    row["jax_compile_s"] = first_call(trainer)
+    row["jax_ms"] = ms(trainer, args.repeats)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device)
-    row["eager_ms"] = 1e3 * timed_calls(
-        runner.train(xt, yt, compiled=False), runner.sync, args.repeats
-    )
+    row["eager_ms"] = ms(runner.train(xt, yt, compiled=False), args.repeats)
     if args.compile and args.compile_train:
         compiled = runner.train(xt, yt, compiled=True)
-        row["compile_first_call_s"] = first_call(compiled, runner.sync)
-        row["compile_ms"] = 1e3 * timed_calls(compiled, runner.sync, args.repeats)
+        row["compile_first_call_s"] = first_call(compiled)
+        row["compile_ms"] = ms(compiled, args.repeats)
     emit(row)
 
 

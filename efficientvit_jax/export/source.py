@@ -108,11 +108,12 @@ def from_zoo(
 
 def _from_timm_file(name: str, path: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     from efficientvit_jax.zoo import load_timm_weights
+    from efficientvit_jax.zoo.converted import SHAPED_FIELDS
 
     if not os.path.isfile(path):
         raise ValueError(f"weights {os.fspath(path)!r}: no such file")
     # Only the fields that change the variables' shapes matter to the conversion.
-    shaped = {k: v for k, v in overrides.items() if k in ("num_classes", "in_chans")}
+    shaped = {k: v for k, v in overrides.items() if k in SHAPED_FIELDS}
     return load_timm_weights(os.fspath(path), name, **shaped)
 
 

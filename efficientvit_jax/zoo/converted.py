@@ -62,12 +62,15 @@ def read_converted_meta(directory: str | os.PathLike) -> dict[str, Any]:
 
 def load_converted(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """``(module, variables)`` from a directory written by ``save_converted``."""
+    meta = read_converted_meta(directory)
+    return create_model(meta["model"], **meta.get("overrides", {})), _restore(directory)
+
+
+def _restore(directory: str | os.PathLike) -> dict[str, Any]:
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
-    meta = read_converted_meta(directory)
-    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
-    return create_model(meta["model"], **meta.get("overrides", {})), variables
+    return ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
 
 
 def load_converted_as(
@@ -100,5 +103,4 @@ def load_converted_as(
                 f"{option} {folder} was converted with {k}={getattr(converted, k)}, "
                 f"not {overrides[k]}"
             )
-    _, variables = load_converted(folder)
-    return create_model(name, **{**saved, **overrides}), variables
+    return create_model(name, **{**saved, **overrides}), _restore(folder)
