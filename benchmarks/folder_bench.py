@@ -30,7 +30,7 @@ from eval_bench import make_folder
 
 
 def _augment(level: str, classes: int) -> tuple[Any, Any]:
-    from efficientvit_jax.cli.train_folders import augmenter
+    from efficientvit_jax.training.recipe import augmenter
     from efficientvit_jax.data import resolve_data_config
 
     return augmenter(level, resolve_data_config("efficientvit_b0"), classes, "efficientvit_b0")

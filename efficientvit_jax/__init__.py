@@ -14,6 +14,7 @@ __all__ = [
     "from_axon_params",
     "linear_attention",
     "list_models",
+    "load_run",
     "load_timm_weights",
     "output_size",
 ]
@@ -25,6 +26,10 @@ _ZOO = ("create_model", "list_models", "load_timm_weights")
 
 
 def __getattr__(name: str):
+    if name == "load_run":  # orbax and the training modules: not for the core model's users
+        from efficientvit_jax.training.loaded import load_run
+
+        return load_run
     if name in _ZOO:
         import efficientvit_jax.zoo as zoo
 
@@ -33,4 +38,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_ZOO])
+    return sorted([*globals(), *_ZOO, "load_run"])

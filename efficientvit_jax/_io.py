@@ -11,18 +11,45 @@ import os
 import shutil
 from collections.abc import Callable
 
+# The one folder a command may create above its output: train's default is runs/digits.
+RUNS_FOLDER = "runs"
 
-def check_output_writable(path: str) -> None:
+
+def require_parent(path: str, flag: str = "--output") -> None:
+    """``ValueError`` naming ``flag``, ``path`` and the folder unless the folder that would
+    hold ``path`` exists: a mistyped path must fail, not grow a tree of folders."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path} cannot be written: folder {parent} does not exist")
+
+
+def check_output_folder(path: str, flag: str = "--output") -> None:
+    """The checks of ``check_output_writable`` that write nothing (its parent rule, not a
+    file, not read-only), for a command to run before any work; the folder is created later
+    by ``check_output_writable``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != os.path.join(os.getcwd(), RUNS_FOLDER):
+        require_parent(path, flag)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} cannot be written: it exists and is not a folder")
+    where = path if os.path.isdir(path) else parent if os.path.isdir(parent) else os.getcwd()
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path} cannot be written: {where} is not writable")
+
+
+def check_output_writable(path: str, flag: str = "--output") -> None:
     """Create folder ``path`` if needed and prove it writable with a probe file.
 
-    On failure remove what was created and raise ``ValueError``. Permission bits alone are
-    not trusted: root ignores them.
+    Only ``path`` itself is created: its parent must exist (``require_parent``), with one
+    exception so that train's default ``--output runs/digits`` works on a fresh machine: a
+    missing ``runs/`` directly under the current directory is created too. On failure remove
+    what was created and raise ``ValueError`` naming ``flag``. Permission bits alone are not
+    trusted: root ignores them.
     """
-    created = []
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        created.append(parent)
-        parent = os.path.dirname(parent)
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != os.path.join(os.getcwd(), RUNS_FOLDER):
+        require_parent(path, flag)
+    created = [d for d in (os.path.abspath(path), parent) if not os.path.exists(d)]
     try:
         if os.path.exists(path) and not os.path.isdir(path):
             raise OSError(f"{path} exists and is not a folder")
@@ -35,7 +62,7 @@ def check_output_writable(path: str) -> None:
         for d in created:  # innermost first
             shutil.rmtree(d, ignore_errors=True)
         reason = e.strerror or str(e)
-        raise ValueError(f"output folder {path!r} cannot be written: {reason}") from e
+        raise ValueError(f"{flag} {path} cannot be written: {reason}") from e
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:

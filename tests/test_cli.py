@@ -34,7 +34,8 @@ def test_train_writes_metrics_plot_and_checkpoint(run4):
     m = json.loads((run4 / "metrics.json").read_text())
     assert m["step"] == 4 and len(m["step_losses"]) == 4
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_count"] == 360
-    assert m["config"]["model"]["embed_dim"] == 8 and m["config"]["train"]["batch_size"] == 32
+    assert m["config"]["model"]["builder"]["embed_dim"] == 8
+    assert m["config"]["data"]["batch_size"] == 32 and m["config"]["classes"][9] == "9"
     assert (run4 / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(run4 / "checkpoints")) == ["2", "4"]
     assert not [n for n in os.listdir(run4) if ".tmp" in n or n.startswith(".write-probe")]
@@ -75,13 +76,13 @@ def _err(capsys):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-        (["--learning-rate", "-0.1"], "--learning-rate must be a finite number > 0"),
-        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
-        (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
-        (["--batch-size", "5000"], "--batch-size must be <= 1437"),
+        (["--batch-size", "0"], "data.batch_size (--batch-size) must be >= 1, got 0"),
+        (["--learning-rate", "-0.1"], "(--learning-rate) must be a finite number > 0"),
+        (["--epochs", "0"], "schedule.epochs (--epochs) must be >= 1, got 0"),
+        (["--label-smoothing", "1.5"], "(--label-smoothing) must be a finite number >= 0 and < 1"),
+        (["--batch-size", "5000"], "(--batch-size) must be <= 1437"),
         (["--embed-dim", "7"], "num_heads"),
-        (["--in-channels", "3"], "--in-channels must be 1"),
+        (["--in-channels", "3"], "(--in-channels) must be 1"),
     ],
 )
 def test_impossible_values(flags, message, tmp_path, capsys):
@@ -127,7 +128,7 @@ def test_resume_with_another_config_names_the_field(run4, tmp_path, capsys):
     shutil.copytree(run4, out)
     assert _train(out, "--resume", "--learning-rate", "0.5") == 2
     err = _err(capsys)
-    assert "train.learning_rate: checkpoint 0.003, now 0.5" in err
+    assert "differs in optim.learning_rate: 0.003 -> 0.5" in err
     assert len(err.splitlines()) == 1
     assert sorted(os.listdir(out / "checkpoints")) == ["2", "4"]  # untouched
 
@@ -149,7 +150,8 @@ def test_resume_from_corrupt_checkpoint(run4, tmp_path, capsys, caplog, damaged)
         assert rc == 0
         assert "restored step 2, the newest intact checkpoint" in err + caplog.text
         assert json.loads((out / "metrics.json").read_text())["step"] == 6
-        assert sorted(os.listdir(out / "checkpoints")) == ["2", "4.damaged", "6"]
+        # --save-every 2 comes back from the stored recipe: step 4 is saved anew
+        assert sorted(os.listdir(out / "checkpoints")) == ["2", "4", "4.damaged", "6"]
     else:
         assert rc == 2
         assert "no intact checkpoint" in err and "corrupt or unreadable" in err
@@ -206,8 +208,8 @@ def test_train_on_a_simulated_mesh_in_bfloat16_with_remat(tmp_path):
         in proc.stdout
     )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["step"] == 2 and metrics["config"]["model"]["remat"] == "block"
-    assert metrics["config"]["model"]["dtype"] == "bfloat16"
+    assert metrics["step"] == 2 and metrics["config"]["model"]["builder"]["remat"] == "block"
+    assert metrics["config"]["precision"]["precision"] == "bfloat16"
     assert np.isfinite(metrics["step_losses"]).all()
 
 

@@ -272,10 +272,10 @@ def trained(tmp_path_factory):
 
 
 def _restored(run, step):
-    """The run's model and params at ``step``, read with orbax and the run's metrics.json."""
+    """The run's model and params at ``step``, read with orbax and the run's config.json."""
     import orbax.checkpoint as ocp
 
-    cfg = json.loads((run / "metrics.json").read_text())["config"]["model"]
+    cfg = json.loads((run / "config.json").read_text())["model"]["builder"]
     state = ocp.StandardCheckpointer().restore(run / "checkpoints" / str(step) / "state")
     return EfficientViT(EfficientViTConfig(**cfg)), {"params": state["params"]}
 
@@ -285,7 +285,7 @@ def test_trained_checkpoint_gives_the_same_predictions_in_onnxruntime(trained, t
 
     out = tmp_path / "digits.onnx"
     assert main(["export", "--format", "onnx", "--checkpoint", str(trained), "-o", str(out)]) == 0
-    assert "checkpoint_step_2" in capsys.readouterr().out
+    assert f"{trained.name}_step_2" in capsys.readouterr().out
     images = load_digits_split(16).test_images[:64]
     model, variables = _restored(trained, 2)
     want = np.asarray(jax.jit(model.apply)(variables, images))
@@ -295,7 +295,7 @@ def test_trained_checkpoint_gives_the_same_predictions_in_onnxruntime(trained, t
 
 
 def test_checkpoint_step_choice_and_step_folder(trained, tmp_path):
-    from efficientvit_jax.export.checkpoint import read_checkpoint
+    from efficientvit_jax import load_run
 
     model, variables = _restored(trained, 1)
     for args in (["--checkpoint", str(trained), "--step", "1"],
@@ -306,22 +306,22 @@ def test_checkpoint_step_choice_and_step_folder(trained, tmp_path):
         x = _images((1, 16, 16), 2)
         want = np.asarray(jax.jit(model.apply)(variables, x))
         assert np.abs(np.asarray(exported.call(x)) - want).max() <= _tolerance(want)
-    assert read_checkpoint(trained / "checkpoints")[0] == 2
+    assert load_run(trained / "checkpoints").step == 2
 
 
 def test_latest_intact_step_is_used(trained, tmp_path):
     import shutil
 
-    from efficientvit_jax.export.checkpoint import read_checkpoint
+    from efficientvit_jax import load_run
 
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
     for root, _, files in os.walk(run / "checkpoints" / "2" / "state"):
         for f in files:
             os.remove(os.path.join(root, f))
-    assert read_checkpoint(run)[0] == 1
-    with pytest.raises(ValueError, match="no intact checkpoint"):
-        read_checkpoint(run, 2)
+    assert load_run(run).step == 1
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        load_run(run, step=2)
 
 
 # --- bad input ---------------------------------------------------------------------------------

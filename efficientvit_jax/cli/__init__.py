@@ -10,30 +10,41 @@ Commands:
   demo     build a model, init it, run a batch; print shapes and sizes
 
 A user's mistake (bad flag or value, unreadable file, unwritable output, mismatched weights)
-prints one line on stderr and exits 2, before anything is written.
+prints one line on stderr and exits 2, before anything is written. Ctrl-C (and SIGTERM during
+`train`) prints one line and exits 130; `train` first saves its state at the step reached and
+the line says how to resume. A second Ctrl-C while it saves stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 
 # Each module registers its subparser (``register(sub)``) with ``func=run``.
 COMMANDS = ("train", "predict", "eval", "convert", "export", "summary", "demo")
 
-# An optional dependency that is missing -> the extra that brings it.
-_EXTRAS = {
-    "tqdm": "train",
-    "sklearn": "train",
-    "matplotlib": "train",
-    "orbax": "train",
-    "safetensors": "zoo",
-    "torch": "timm",
-    "jax2onnx": "export",
-    "onnx": "export",
-    "onnxruntime": "export",
+# An optional dependency that is missing -> the extra that brings it, per command: tqdm and
+# orbax come with both `train` and `zoo`, and the README names `zoo` for predict, eval,
+# convert and export (its --weights and --checkpoint); "*" is every other command.
+_ZOO = {"tqdm": "zoo", "orbax": "zoo"}
+_EXTRAS: dict[str, dict[str, str]] = {
+    "*": {
+        "tqdm": "train",
+        "sklearn": "train",
+        "matplotlib": "train",
+        "orbax": "train",
+        "safetensors": "zoo",
+        "torch": "timm",
+        "jax2onnx": "export",
+        "onnx": "export",
+        "onnxruntime": "export",
+    },
+    **{command: _ZOO for command in ("predict", "eval", "convert", "export")},
 }
 
 
@@ -57,6 +68,43 @@ def one_line(e: BaseException, limit: int = 3) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during `train`: one line, no traceback
+        print(interrupted_line(argv, e), file=sys.stderr, flush=True)
+        if argv is None:  # the console script or ``python -m``: this process is ours to end
+            _exit_now(130)
+        return 130
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's shutdown, where the work an interrupt cut
+    short would report itself (orbax's writer threads log tracebacks once their executor is
+    gone) or hang (JAX tearing down a half-traced function, up to a crash)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def interrupted_line(argv: Sequence[str] | None, e: KeyboardInterrupt) -> str:
+    """``efficientvit-jax CMD: interrupted``; for a training run, where it stopped and how to
+    go on (the ``Interrupted`` that ``training.loop.fit`` raises)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((w for w in words if w in COMMANDS), None)
+    prefix = "efficientvit-jax" + (f" {command}" if command else "")
+    # Only loaded when training ran: then ``e`` may be its ``Interrupted``.
+    mod = sys.modules.get("efficientvit_jax.training.interrupt")
+    if mod is None or not isinstance(e, mod.Interrupted):
+        return f"{prefix}: interrupted"
+    line = f"{prefix}: {e}"
+    if e.checkpoint is not None and e.workdir is not None:
+        out = shlex.quote(mod.shown_path(e.workdir))
+        line += f"; continue with: efficientvit-jax {command or 'train'} --output {out} --resume"
+    return line
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
@@ -66,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as e:
         # Commands need optional dependencies; say which extra brings them.
-        extra = _EXTRAS.get((e.name or "").split(".")[0])
+        module = (e.name or "").split(".")[0]
+        extra = _EXTRAS.get(args.command, {}).get(module) or _EXTRAS["*"].get(module)
         if extra is None:
             raise
         print(

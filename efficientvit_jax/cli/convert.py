@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    from efficientvit_jax._io import require_parent
     from efficientvit_jax.zoo import get_entry, load_timm_weights, save_converted
 
     get_entry(args.model)  # an unknown name lists the known ones
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None:
         overrides["num_classes"] = args.num_classes
     out = os.path.abspath(args.output)
+    require_parent(args.output, "--output")  # only the last folder is created
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--output {args.output} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.force:

@@ -1,5 +1,6 @@
-"""``efficientvit-jax eval --model TAG --weights FILE --data DIR [--batch-size N] [--json OUT]``:
-top-1, top-5 and mean loss on an image-folder tree (one subfolder per class)."""
+"""``efficientvit-jax eval (--model TAG --weights FILE | --checkpoint RUN) --data DIR
+[--batch-size N] [--json OUT]``: top-1, top-5 and mean loss on an image-folder tree (one
+subfolder per class; a run's classes are matched by name)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_json_path(path: str) -> None:
+    from efficientvit_jax._io import require_parent
+
+    require_parent(path, "--json")  # names the missing folder
     parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    if os.path.isdir(path) or not os.access(parent, os.W_OK):
         raise ValueError(f"--json {path} cannot be written (is a folder, or no writable folder)")
 
 
@@ -33,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
         _check_json_path(args.json)
     from tqdm import tqdm
 
-    from efficientvit_jax.data.folders import scan_folder
+    from efficientvit_jax.data.folders import relabel, scan_folder
     from efficientvit_jax.data.loader import ImageLoader
     from efficientvit_jax.inference import evaluate_folder
     from efficientvit_jax.training.report import write_json
 
     folder = scan_folder(args.data)  # one-line errors for empty or class-less folders
-    classifier, transform = load_classifier(args)
-    if folder.num_classes > classifier.num_classes:
+    classifier, transform, names = load_classifier(args)
+    if args.checkpoint is not None:  # the run's classes, matched by name
+        folder = relabel(folder, names, model=f"run {args.checkpoint}")
+    elif folder.num_classes > classifier.num_classes:
         raise ValueError(
             f"--data {args.data} has {folder.num_classes} classes, more than the "
             f"{classifier.num_classes} outputs of --model {args.model}"

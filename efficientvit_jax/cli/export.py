@@ -5,9 +5,11 @@
     efficientvit-jax export --format onnx --output core.onnx --embed-dim 32 --seed 0
 
 The model comes from ``--model`` (a zoo name or timm tag, with ``--weights``: a timm file or a
-folder written by ``convert``), from ``--checkpoint`` (a ``train`` run; config and weights
-from the checkpoint, the latest intact step unless ``--step``), or else from the builder
-options with random weights (``--seed``). BatchNorms are folded unless ``--no-fold``.
+folder written by ``convert``), from ``--checkpoint`` (any ``train`` run, digits or folders,
+builder or zoo model: ``load_run``; the newest intact step unless ``--step``, the EMA
+weights with ``--ema``; the file then carries the run's class names and data config), or
+else from the builder options with random weights (``--seed``). BatchNorms are folded
+unless ``--no-fold``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint", default=None, help="a `train` run folder (or checkpoints/, or a step)"
     )
     g.add_argument("--step", type=int, default=None, help="with --checkpoint: this step")
+    g.add_argument("--ema", action="store_true", help="with --checkpoint: the EMA weights")
     g.add_argument("--seed", type=int, default=0, help="random weights' seed")
     add_model_flags(p)
     # None = the model's own (zoo: its config, checkpoint: the run's), set after parsing.
@@ -74,8 +77,8 @@ def _check_args(args: argparse.Namespace) -> None:
             f"--model {args.model} needs --weights FILE (timm file or `convert` folder), "
             "or --random-weights to try things out"
         )
-    if args.step is not None and not args.checkpoint:
-        raise ValueError("--step goes with --checkpoint DIR")
+    if (args.step is not None or args.ema) and not args.checkpoint:
+        raise ValueError("--step and --ema go with --checkpoint RUN")
     source = "--model" if args.model else "--checkpoint" if args.checkpoint else None
     bad = _given(args, _BUILDER_ONLY + (("num_classes",) if args.checkpoint else ()))
     if source and bad:
@@ -109,28 +112,14 @@ def load_model(args: argparse.Namespace) -> Any:
             **overrides,
         )
     if args.checkpoint:
-        model = export.from_checkpoint(args.checkpoint, args.step, dtype=dtype)
-        cfg = model.module.config
-        if args.image_size or args.data_format:
-            cfg = cfg.replace(
-                image_size=args.image_size or cfg.image_size,
-                data_format=args.data_format or cfg.data_format,
-            )
-            model = _rebuilt(model, cfg)
-        return model
+        return export.from_checkpoint(
+            args.checkpoint, args.step, ema=args.ema, dtype=dtype, image_size=args.image_size,
+            data_format=args.data_format,
+        )  # fmt: skip
     args.image_size = args.image_size or 224
     args.data_format = args.data_format or "NCHW"
     args.dtype = dtype
     return export.from_config(config_from_args(args), seed=args.seed)
-
-
-def _rebuilt(model: Any, cfg: Any) -> Any:
-    import dataclasses
-
-    from efficientvit_jax.export.source import image_shape
-    from efficientvit_jax.model import EfficientViT
-
-    return dataclasses.replace(model, module=EfficientViT(cfg), image_shape=image_shape(cfg))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,15 +1,14 @@
-"""``efficientvit-jax predict IMAGE... --model TAG --weights FILE [--top 5] [--json]``."""
+"""``efficientvit-jax predict IMAGE|DIR... (--model TAG --weights FILE | --checkpoint RUN)
+[--top 5] [--json]``: the top classes of each image (a run's own class names)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from efficientvit_jax.cli.images import (
     add_pretrained_flags,
     check_counts,
-    label_names,
     load_classifier,
 )
 
@@ -27,14 +26,13 @@ def run(args: argparse.Namespace) -> int:
     check_counts(args)
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
-    for path in args.images:  # before loading any weights
-        if not os.path.isfile(path):
-            raise ValueError(f"image {path}: no such file")
+    from efficientvit_jax.data.folders import image_files
+
+    args.images = image_files(args.images)  # folders expanded, before loading any weights
     from efficientvit_jax.data.loader import ImageLoader
     from efficientvit_jax.inference import top_k
 
-    classifier, transform = load_classifier(args)
-    names = label_names(classifier.num_classes)
+    classifier, transform, names = load_classifier(args)
     k = min(args.top, classifier.num_classes)
     loader = ImageLoader(
         [(p, 0) for p in args.images], transform, args.batch_size, workers=args.workers

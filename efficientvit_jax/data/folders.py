@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 from efficientvit_jax.data import imagenet
 
@@ -56,8 +57,33 @@ def _images_below(folder: str) -> list[str]:
     return found
 
 
-def scan_folder(root: str | os.PathLike) -> ImageFolder:
-    """The classes and image files under ``root`` (``root/<class>/**/<image>``)."""
+def image_files(paths: Sequence[str]) -> list[str]:
+    """Each path that is a file, and the image files in and below each folder (sorted, as
+    ``is_image_file`` decides), in the order given; ``ValueError`` for a path that does not
+    exist or a folder without images."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = _images_below(path)
+            if not found:
+                raise ValueError(
+                    f"image folder {path} holds no image files ({'/'.join(IMAGE_EXTENSIONS)})"
+                )
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)  # named on purpose: read whatever its extension
+        else:
+            raise ValueError(f"image {path}: no such file or folder")
+    return files
+
+
+def scan_folder(root: str | os.PathLike, *, split_hint: str | None = None) -> ImageFolder:
+    """The classes and image files under ``root`` (``root/<class>/**/<image>``).
+
+    A ``root`` holding ``train/`` and ``val/`` is a split dataset, not a class tree (read as
+    one, it would be two classes named "train" and "val"): refused, with ``split_hint`` as
+    the advice (default: pass ``root/val`` to eval).
+    """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ValueError(f"image folder {root} does not exist or is not a folder")
@@ -69,6 +95,9 @@ def scan_folder(root: str | os.PathLike) -> ImageFolder:
         raise ValueError(
             f"image folder {root} has {what} no class subfolders (expected {root}/<class>/<image>)"
         )
+    if {"train", "val"} <= set(classes):
+        hint = split_hint or f"pass {os.path.join(root, 'val')} to eval"
+        raise ValueError(f"--data {root} holds train/ and val/, not class folders: {hint}")
     index = imagenet.synset_index()
     is_imagenet = all(c in index for c in classes)
     labels = tuple(index[c] for c in classes) if is_imagenet else tuple(range(len(classes)))
@@ -85,3 +114,23 @@ def scan_folder(root: str | os.PathLike) -> ImageFolder:
             f"({'/'.join(IMAGE_EXTENSIONS)}): {shown}"
         )
     return ImageFolder(root, classes, labels, tuple(samples), is_imagenet)
+
+
+def relabel(
+    folder: ImageFolder, classes: Sequence[str], *, model: str = "the model"
+) -> ImageFolder:
+    """``folder`` with the labels of a model trained on ``classes`` (output ``i`` is
+    ``classes[i]``), matched by name: a folder may hold a subset of the classes, in any
+    order; a class folder the model does not know is a one-line ``ValueError`` naming it."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in folder.classes if c not in index]
+    if unknown:
+        raise ValueError(
+            f"--data {folder.root}: class folder(s) {', '.join(unknown)} not among the "
+            f"{len(classes)} classes of {model} ({', '.join(classes[:10])}"
+            f"{', ...' if len(classes) > 10 else ''})"
+        )
+    labels = tuple(index[c] for c in folder.classes)
+    old = dict(zip(folder.class_indices, labels, strict=True))
+    samples = tuple((p, old[y]) for p, y in folder.samples)
+    return dataclasses.replace(folder, class_indices=labels, samples=samples, imagenet=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+from collections.abc import Iterable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm.data.IMAGENET_DEFAULT_MEAN
 IMAGENET_STD = (0.229, 0.224, 0.225)  # timm.data.IMAGENET_DEFAULT_STD
@@ -131,5 +132,18 @@ def get_tag(name: str) -> PretrainedTag:
     elif name in TAGS:
         return TAGS[name]
     own = [n for n in TAGS if n.startswith(model + ".")]
-    known = ", ".join(own or list(TAGS))
-    raise ValueError(f"unknown pretrained tag {name!r}; known: {known}")
+    if not own:
+        raise unknown_model(name)
+    raise ValueError(f"unknown pretrained tag {name!r}; known: {', '.join(own)}")
+
+
+def unknown_model(name: str, models: Iterable[str] | None = None) -> ValueError:
+    """The error of every command and function for a name that is neither a zoo model nor a
+    pretrained tag: both lists, so that each says the same. ``models``: the zoo's names
+    (the registry passes its own; by default the architectures that have tags)."""
+    if models is None:
+        models = {t.model for t in _ALL}
+    return ValueError(
+        f"unknown model {split_name(name)[0]!r}; zoo models: {', '.join(sorted(models))}; "
+        f"pretrained tags: {', '.join(TAGS)}"
+    )

@@ -70,7 +70,8 @@ def _check(c: DataConfig) -> None:
         "(C, H, W) >= 1",
         c.input_size,
     )
-    need(c.input_size[0] == 3, "input_size", "3 channels (RGB)", c.input_size)
+    # 1 channel: grey models (the digits job); images are read as luminance.
+    need(c.input_size[0] in (1, 3), "input_size", "1 (grey) or 3 (RGB) channels", c.input_size)
     need(
         c.interpolation in INTERPOLATIONS,
         "interpolation",
@@ -80,7 +81,8 @@ def _check(c: DataConfig) -> None:
     need(c.crop_mode in CROP_MODES, "crop_mode", f"one of {CROP_MODES}", c.crop_mode)
     need(c.data_format in DATA_FORMATS, "data_format", f"one of {DATA_FORMATS}", c.data_format)
     need(math.isfinite(c.crop_pct) and c.crop_pct > 0, "crop_pct", "a number > 0", c.crop_pct)
-    need(len(c.mean) == 3 and len(c.std) == 3, "mean/std", "3 values each", (c.mean, c.std))
+    n = c.input_size[0]
+    need(len(c.mean) == n and len(c.std) == n, "mean/std", f"{n} values each", (c.mean, c.std))
     need(all(s > 0 for s in c.std), "std", "> 0", c.std)
     if c.crop_mode == "center":
         need(
@@ -193,10 +195,14 @@ class EvalTransform:
                 img = img.resize(size, _resampling(c.interpolation))
         else:
             img = resize_shorter(img, math.floor(h / c.crop_pct), c.interpolation)
-        return center_crop(np.asarray(img), h, w)
+        arr = np.asarray(img)
+        return center_crop(arr[..., None] if arr.ndim == 2 else arr, h, w)
 
     def __call__(self, source: Any) -> np.ndarray:
-        x = normalize(self.resize_and_crop(load_image(source)), self.config.mean, self.config.std)
+        img = load_image(source)
+        if self.config.input_size[0] == 1:
+            img = img.convert("L")  # PIL's ITU-R 601 luma
+        x = normalize(self.resize_and_crop(img), self.config.mean, self.config.std)
         return np.ascontiguousarray(
             x.transpose(2, 0, 1) if self.config.data_format == "NCHW" else x
         )

@@ -98,6 +98,9 @@ def export_onnx(
     # onnxruntime's CPU provider has no float16 kernels and would cast them to float32.
     if optimize_graph and jnp.dtype(model.dtype) == jnp.float32:
         proto = optimize(proto)
+    for key, value in model.metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
 

@@ -9,22 +9,25 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from efficientvit_jax._io import check_output_writable
+from efficientvit_jax._io import check_output_writable, require_parent
 from efficientvit_jax.export.fold import fold_batchnorm
 from efficientvit_jax.export.source import Exportable, to_float
 
 FORMATS = ("onnx", "stablehlo")
 
 
-def check_output_file(path: str | os.PathLike) -> str:
-    """The absolute path, once its folder is proven writable (``ValueError`` otherwise)."""
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> str:
+    """The absolute path, once its folder is proven to exist and be writable (``ValueError``
+    naming ``flag`` otherwise; no folder is created)."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"--output {path!r} is a folder; give a file name")
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    require_parent(path, flag)
     try:
-        check_output_writable(os.path.dirname(path))
+        check_output_writable(os.path.dirname(path), flag)  # it exists: only the probe
     except ValueError as e:
-        raise ValueError(f"--output {path!r} cannot be written: {e}") from e
+        why = getattr(e.__cause__, "strerror", None) or e  # the OS's reason, if there is one
+        raise ValueError(f"{flag} {path} cannot be written: {why}") from e
     return path
 
 

@@ -30,6 +30,9 @@ class Exportable:
       image_shape: one image as the model takes it, ``(C, H, W)`` or ``(H, W, C)``.
       dtype: the compute dtype, also the dtype of the exported graph's input.
       name: a name for the file's metadata and messages.
+      metadata: strings the file carries so that it describes itself (a run's
+        ``classes`` and ``data_config``, as JSON): ONNX ``metadata_props``; for StableHLO a
+        ``<file>.json`` beside it.
     """
 
     module: Any
@@ -37,6 +40,7 @@ class Exportable:
     image_shape: tuple[int, int, int]
     dtype: Any = jnp.float32
     name: str = "efficientvit"
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def image_shape(config: Any, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:

@@ -8,6 +8,7 @@ Read it back in any process with JAX (not this package)::
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -50,6 +51,14 @@ def export_stablehlo(
             f.write(data)
 
     atomic_write(path, write)
+    if model.metadata:  # the serialized Exported has no free-form fields: a file beside it
+        text = json.dumps(model.metadata, indent=1)
+
+        def write_meta(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+
+        atomic_write(path + ".json", write_meta)
     return dict(
         path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=len(data),
         folded_batchnorms=folded, platforms=list(exported.platforms),

@@ -1,7 +1,9 @@
 """Training for any flax linen classifier: train state, jitted steps, data, checkpoints.
 
-Nothing here imports the model modules; the CLI (``efficientvit-jax train``) wires an
-``EfficientViT`` to these pieces. Typical use::
+A whole run is ``train(TrainConfig(...), workdir)`` (``training.config``: the recipe as a
+typed tree; ``TrainConfig()`` is the digits job). The pieces take any flax model as an
+argument (only ``training.recipe`` builds the package's models, lazily). Typical use of
+the pieces::
 
     optimizer = make_optimizer(3e-3, total_steps=1000)
     state = create_train_state(model, optimizer, seed, sample_images)
@@ -19,7 +21,20 @@ from efficientvit_jax.training.checkpoint import (
     config_differences,
     config_to_dict,
 )
+from efficientvit_jax.training.config import (
+    AugmentOptions,
+    DataOptions,
+    EMAOptions,
+    MeshOptions,
+    ModelOptions,
+    OptimOptions,
+    OutputOptions,
+    PrecisionOptions,
+    ScheduleOptions,
+    TrainConfig,
+)
 from efficientvit_jax.training.data import Batch, epoch_order, iterate_batches, num_batches
+from efficientvit_jax.training.run import train
 from efficientvit_jax.training.state import TrainState, create_train_state
 from efficientvit_jax.training.steps import (
     cross_entropy,
@@ -30,11 +45,21 @@ from efficientvit_jax.training.steps import (
 )
 
 __all__ = [
+    "AugmentOptions",
     "Batch",
     "CheckpointError",
     "Checkpointer",
+    "DataOptions",
+    "EMAOptions",
+    "MeshOptions",
+    "ModelOptions",
+    "OptimOptions",
+    "OutputOptions",
+    "PrecisionOptions",
     "Restored",
+    "ScheduleOptions",
     "SkippedStep",
+    "TrainConfig",
     "TrainState",
     "config_differences",
     "config_to_dict",
@@ -47,4 +72,5 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "num_batches",
+    "train",
 ]

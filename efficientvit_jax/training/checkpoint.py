@@ -360,7 +360,7 @@ class Checkpointer:
 
     def restore(
         self,
-        target: TrainState,
+        target: TrainState | None,
         step: int | None = None,
         *,
         report: Callable[[str], None] | None = None,
@@ -387,7 +387,9 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint to resume from in {self.directory}")
         else:
             candidates = steps[::-1]
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        # No target: the arrays as saved, on this process's default device (readers of the
+        # weights alone, e.g. ``load_run``, need not rebuild the optimizer).
+        abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         skipped: list[SkippedStep] = []
         for s in candidates:
             try:

@@ -28,6 +28,10 @@ class Split:
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    # The standardisation of the upsampled pixels (in [0, 1]): a digit in an image file is
+    # prepared with the same two numbers (``training.recipe.data_config``).
+    mean: float = 0.0
+    std: float = 1.0
 
 
 def load_digits_split(image_size: int = 32, data_format: str = "NCHW") -> Split:
@@ -63,4 +67,4 @@ def load_digits_split(image_size: int = 32, data_format: str = "NCHW") -> Split:
         a = (a - mean) / std
         return a[:, None] if data_format == "NCHW" else a[..., None]
 
-    return Split(prep(x_tr), y_tr, prep(x_te), y_te)
+    return Split(prep(x_tr), y_tr, prep(x_te), y_te, float(mean), float(std))

@@ -231,27 +231,45 @@ class ScaleSetup:
 
 
 def setup_from_args(args: argparse.Namespace) -> ScaleSetup:
-    """Initialise JAX from the ``add_scale_flags`` flags; call before any computation.
+    """``setup_from_options`` of the ``add_scale_flags`` flags."""
+    from efficientvit_jax.training.config import MeshOptions, PrecisionOptions
+
+    mesh = MeshOptions(
+        mesh=args.mesh or "", min_fsdp_size=args.min_fsdp_size, cpu_devices=args.cpu_devices,
+        coordinator=args.coordinator, num_processes=args.num_processes,
+        process_id=args.process_id, distributed=args.distributed,
+    )  # fmt: skip
+    precision = PrecisionOptions(
+        precision=args.precision, loss_scale=args.loss_scale,
+        loss_scale_init=args.loss_scale_init, loss_scale_interval=args.loss_scale_interval,
+    )  # fmt: skip
+    return setup_from_options(mesh, precision)
+
+
+def setup_from_options(mesh_options: Any, precision_options: Any) -> ScaleSetup:
+    """Initialise JAX from a run config's ``mesh`` and ``precision`` sections
+    (``training.config.MeshOptions``, ``PrecisionOptions``); call before any computation.
 
     Order matters: the CPU device count and ``jax.distributed`` must both be set before
     JAX starts its backends, and the mesh needs the devices of every process.
     """
-    if args.cpu_devices is not None:
-        set_cpu_device_count(args.cpu_devices)
-    multi = initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
-    shape = parse_mesh(args.mesh or "")
+    m, p = mesh_options, precision_options
+    if m.cpu_devices is not None:
+        set_cpu_device_count(m.cpu_devices)
+    multi = initialize(m.coordinator, m.num_processes, m.process_id, auto=m.distributed)
+    shape = parse_mesh(m.mesh or "")
     mesh = sh.make_mesh(data=shape["data"], fsdp=shape["fsdp"] or 1)
-    loss_scale = args.loss_scale
+    loss_scale = p.loss_scale
     if loss_scale == "auto":
-        loss_scale = "dynamic" if args.precision == "float16" else "none"
+        loss_scale = "dynamic" if p.precision == "float16" else "none"
     return ScaleSetup(
         mesh=mesh,
         fsdp=sh.mesh_shape(mesh)["fsdp"] > 1,
-        min_fsdp_size=args.min_fsdp_size,
-        precision=args.precision,
-        model_options=prec.dtype_options(args.precision),
+        min_fsdp_size=m.min_fsdp_size,
+        precision=p.precision,
+        model_options=prec.dtype_options(p.precision),
         loss_scale=(
-            {"init_scale": args.loss_scale_init, "growth_interval": args.loss_scale_interval}
+            {"init_scale": p.loss_scale_init, "growth_interval": p.loss_scale_interval}
             if loss_scale == "dynamic"
             else None
         ),

@@ -60,9 +60,12 @@ def stratified_split(
 
 def find_splits(root: str, val_split: float | None = None) -> Splits:
     """``root/train`` + ``root/val`` (same class names, else a one-line error naming the
-    differences), or, with ``val_split``, one class tree at ``root`` split in two."""
+    differences), or, with ``val_split``, one class tree at ``root`` split in two. Either way
+    at least two classes (one class "trains" to loss 0 and 100%)."""
     if val_split is not None:
-        folder = scan_folder(root)
+        hint = f"drop --val-split to use them, or pass {os.path.join(root, 'train')} to split it"
+        folder = scan_folder(root, split_hint=hint)
+        _check_classes(f"--data {root}", folder.classes)
         train, val = stratified_split(_remap(folder), val_split)
         return Splits(tuple(train), tuple(val), folder.classes)
     tr, va = os.path.join(root, "train"), os.path.join(root, "val")
@@ -71,7 +74,9 @@ def find_splits(root: str, val_split: float | None = None) -> Splits:
             f"--data {root} needs train/ and val/ class folders (or pass --val-split F to "
             "hold out part of one class tree)"
         )
-    train, val = scan_folder(tr), scan_folder(va)
+    # A nested split (root/train/train, root/train/val): the inner one is the dataset.
+    train = scan_folder(tr, split_hint=f"pass {tr} as --data")
+    val = scan_folder(va, split_hint=f"pass {va} as --data")
     if train.classes != val.classes:
         only_t = sorted(set(train.classes) - set(val.classes))
         only_v = sorted(set(val.classes) - set(train.classes))
@@ -79,7 +84,16 @@ def find_splits(root: str, val_split: float | None = None) -> Splits:
             f"--data {root}: train/ and val/ have different classes: only in train/: "
             f"{only_t or 'none'}; only in val/: {only_v or 'none'}"
         )
+    _check_classes(f"--data {root}: train/", train.classes)
     return Splits(tuple(_remap(train)), tuple(_remap(val)), train.classes)
+
+
+def _check_classes(where: str, classes: tuple[str, ...]) -> None:
+    if len(classes) < 2:  # scan_folder refuses zero
+        raise ValueError(
+            f"{where} has one class folder ({classes[0]}); training needs at least two "
+            "(one subfolder of images per class)"
+        )
 
 
 def folder_source(

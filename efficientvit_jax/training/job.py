@@ -20,6 +20,7 @@ import optax
 
 from efficientvit_jax.training import sharding
 from efficientvit_jax.training.checkpoint import Checkpointer
+from efficientvit_jax.training.config import TrainConfig
 from efficientvit_jax.training.data import iterate_batches, num_batches
 from efficientvit_jax.training.ema import ema_params, with_ema
 from efficientvit_jax.training.loop import EpochBatches, RunLog, Schedule, fit
@@ -31,31 +32,6 @@ from efficientvit_jax.training.steps import (
     make_optimizer,
     make_train_step,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-    """The options of a run (the CLI's training flags, same names)."""
-
-    epochs: int = 12
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    warmup_steps: int | None = None
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    seed: int = 0
-    eval_batch_size: int = 120
-    save_every: int = 100
-    max_steps: int | None = None
-    resume: bool = False
-    no_progress: bool = False
-    output: str = "runs/digits"
-    ema_decay: float | None = None
-
-    @classmethod
-    def from_args(cls, args: Any) -> TrainOptions:
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +94,17 @@ def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float,
     step_fn = None
     if setup is not None and setup.loss_scale is not None:
         step_fn = precision.make_train_step_with_loss_scale(
-            model, optimizer, label_smoothing=ls, jit=False
+            model, optimizer, label_smoothing=ls, jit=False, frozen_backbone=frozen
         )
     if setup is not None and (sharding.batch_size_per_step(setup.mesh) > 1 or step_fn):
-        if step_fn is None:
-            step_fn = make_train_step(
-                model, optimizer, label_smoothing=ls, donate=False, frozen_backbone=frozen
-            )
         shardings = sharding.state_sharding(
             state, setup.mesh, fsdp=setup.fsdp, min_fsdp_size=setup.min_fsdp_size
         )
         state = sharding.shard_state(state, setup.mesh, shardings)
         return state, sharding.make_sharded_train_step(
-            model, optimizer, setup.mesh, shardings, label_smoothing=ls, step_fn=step_fn
-        )
+            model, optimizer, setup.mesh, shardings, label_smoothing=ls, step_fn=step_fn,
+            frozen_backbone=frozen,
+        )  # fmt: skip
     return state, make_train_step(model, optimizer, label_smoothing=ls, frozen_backbone=frozen)
 
 
@@ -153,26 +126,31 @@ def _held_out_fn(model: Any, source: Source) -> Callable[[TrainState], dict[str,
 def train_classifier(
     model: Any,
     source: Source,
-    opts: TrainOptions,
+    config: TrainConfig,
     ckpt: Checkpointer,
-    run_config: dict[str, Any],
+    workdir: str,
     setup: Any = None,
     *,
     tuning: Tuning = Tuning(),
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
     t_start: float | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``source``; returns the metrics written to ``OUTPUT/metrics.json``.
+    """Train ``model`` on ``source`` as ``config`` says; returns the metrics written to
+    ``workdir/metrics.json`` (``run_info`` is stored in them as ``config``).
 
-    ``setup`` is a ``distributed.Setup`` (mesh, precision) or ``None`` for one device.
+    ``setup`` is a ``distributed.ScaleSetup`` (mesh, precision) or ``None`` for one device.
     """
     t_start = time.perf_counter() if t_start is None else t_start
+    batch_size = config.data.batch_size
     if setup is not None:
-        sharding.check_batch_size(opts.batch_size, setup.mesh)
-    spe = source.steps_per_epoch
-    total = spe * opts.epochs
-    stop = total if opts.max_steps is None else min(opts.max_steps, total)
-    optimizer, state, log = _start(model, source, opts, ckpt, setup, tuning, total)
-    ls = opts.label_smoothing
+        sharding.check_batch_size(batch_size, setup.mesh)
+    spe, epochs = source.steps_per_epoch, config.schedule.epochs
+    total = spe * epochs
+    max_steps = config.schedule.max_steps
+    stop = total if max_steps is None else min(max_steps, total)
+    optimizer, state, log = _start(model, source, config, ckpt, setup, tuning, total, resume)
+    ls = config.optim.label_smoothing
     state, train_step = _steps(model, optimizer, state, setup, ls, tuning.frozen_backbone)
     held_out = _held_out_fn(model, source)
     start_step = int(jax.device_get(state.step))
@@ -185,10 +163,10 @@ def train_classifier(
         f"{stop} of {total}",
         flush=True,
     )
-    schedule = Schedule(spe, opts.epochs, stop, opts.save_every, opts.batch_size)
+    schedule = Schedule(spe, epochs, stop, config.output.save_every, batch_size)
     state = fit(
         state, train_step, source.epoch_batches, held_out, ckpt, schedule, log,
-        progress=not opts.no_progress,
+        progress=config.output.progress,
     )  # fmt: skip
     ckpt.close()
     final = held_out(state)
@@ -201,38 +179,35 @@ def train_classifier(
         "wall_time_s": time.perf_counter() - t_start,
         "steps_this_run": step - start_step,
         "backend": jax.default_backend(),
-        "config": run_config,
+        "config": run_info if run_info is not None else config.to_dict(),
         "history": log.history,
         "step_losses": log.step_losses,
     }
     if "ema_accuracy" in final:
         metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
-    _write_outputs(opts.output, metrics, log, final, ckpt)
+    _write_outputs(workdir, metrics, log, final, ckpt)
     return metrics
 
 
 def _start(
-    model: Any, source: Source, opts: TrainOptions, ckpt: Checkpointer, setup: Any,
-    tuning: Tuning, total: int,
+    model: Any, source: Source, config: TrainConfig, ckpt: Checkpointer, setup: Any,
+    tuning: Tuning, total: int, resume: bool,
 ) -> tuple[optax.GradientTransformation, TrainState, RunLog]:  # fmt: skip
     """The optimizer, and the state and history to start from: fresh (and prepared, e.g.
     pretrained weights loaded) or, with ``resume``, the newest intact checkpoint."""
-    optimizer = (tuning.optimizer or _default_optimizer(opts))(total)
-    if opts.ema_decay is not None:
-        optimizer = with_ema(optimizer, opts.ema_decay)
+    optimizer = (tuning.optimizer or _default_optimizer(config))(total)
+    if config.ema.decay is not None:
+        optimizer = with_ema(optimizer, config.ema.decay)
     if setup is not None:
         optimizer = setup.wrap_optimizer(optimizer)
-    state = create_train_state(model, optimizer, opts.seed, source.sample_images)
+    state = create_train_state(model, optimizer, config.seed, source.sample_images)
     if tuning.prepare is not None:
         state = tuning.prepare(state)
         state = state.replace(opt_state=optimizer.init(state.params))
-    if not opts.resume:
+    if not resume:
         return optimizer, state, RunLog()
     # Falls back past damaged checkpoints, saying so; CheckpointError if none is intact.
     state, extra = ckpt.restore(state, report=_warn)
-    from efficientvit_jax._io import check_output_writable
-
-    check_output_writable(opts.output)
     return optimizer, state, RunLog.from_extra(extra)
 
 
@@ -240,11 +215,11 @@ def _warn(message: str) -> None:
     print(f"efficientvit-jax: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _default_optimizer(opts: TrainOptions) -> Callable[[int], optax.GradientTransformation]:
+def _default_optimizer(config: TrainConfig) -> Callable[[int], optax.GradientTransformation]:
     def make(total: int) -> optax.GradientTransformation:
         return make_optimizer(
-            opts.learning_rate, total_steps=total, warmup_steps=opts.warmup_steps,
-            weight_decay=opts.weight_decay,
+            config.optim.learning_rate, total_steps=total,
+            warmup_steps=config.schedule.warmup_steps, weight_decay=config.optim.weight_decay,
         )  # fmt: skip
 
     return make

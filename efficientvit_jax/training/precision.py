@@ -134,6 +134,7 @@ def make_train_step_with_loss_scale(
     label_smoothing: float = 0.0,
     donate: bool = True,
     jit: bool = True,
+    frozen_backbone: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``steps.make_train_step`` with dynamic loss scaling (for ``float16`` compute).
 
@@ -147,6 +148,10 @@ def make_train_step_with_loss_scale(
     Args:
       jit: ``False`` returns the plain function (e.g. to hand to
         ``sharding.make_sharded_train_step(step_fn=...)``, which jits it).
+      frozen_backbone: as for ``steps.make_train_step``: the model runs in evaluation mode,
+        so the BatchNorm statistics stay as loaded; pair it with
+        ``dynamic_loss_scale(finetune.finetune_optimizer(..., backbone_opt=None))``, whose
+        backbone updates are zero at any scale.
     """
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
@@ -154,7 +159,9 @@ def make_train_step_with_loss_scale(
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
-            logits, stats = apply_for_training(model, params, state, batch["images"], dropout_key)
+            logits, stats = apply_for_training(
+                model, params, state, batch["images"], dropout_key, frozen=frozen_backbone
+            )
             loss, acc = cross_entropy(
                 logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
             )

@@ -27,6 +27,7 @@ def plot_curves(
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(range(1, len(step_losses) + 1), step_losses, lw=0.8, label="train (per step)")
@@ -40,6 +41,7 @@ def plot_curves(
     ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5" tick on short runs
         if ax.get_legend_handles_labels()[0]:  # no epoch finished: nothing to label
             ax.legend()
     fig.tight_layout()

@@ -239,6 +239,7 @@ def make_sharded_train_step(
     donate: bool = True,
     step_fn: Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]
     | None = None,
+    frozen_backbone: bool = False,
 ) -> Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, Metrics]]:
     """The train step, partitioned over ``mesh``: ``(state, batch) -> (state, metrics)``.
 
@@ -248,7 +249,8 @@ def make_sharded_train_step(
     the metrics are replicated scalars, readable from every process.
 
     Args:
-      model, optimizer, label_smoothing: as for ``steps.make_train_step``.
+      model, optimizer, label_smoothing, frozen_backbone: as for ``steps.make_train_step``
+        (the last two only shape the default step: a ``step_fn`` brings its own).
       mesh: a mesh from ``make_mesh``.
       state_shardings: from ``state_sharding``.
       donate: reuse the input state's buffers for the output state.
@@ -256,7 +258,13 @@ def make_sharded_train_step(
         ``precision.make_train_step_with_loss_scale``); default ``make_train_step``.
     """
     if step_fn is None:
-        step_fn = make_train_step(model, optimizer, label_smoothing=label_smoothing, donate=False)
+        step_fn = make_train_step(
+            model,
+            optimizer,
+            label_smoothing=label_smoothing,
+            donate=False,
+            frozen_backbone=frozen_backbone,
+        )
     rep = replicated(mesh)
     bsh = batch_sharding(mesh)
     jitted = jax.jit(

@@ -141,8 +141,11 @@ def make_train_step(
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
 
     ``frozen_backbone=True`` applies the model in evaluation mode (see
-    ``apply_for_training``); pair it with an optimizer that only updates the head
-    (``finetune.finetune_optimizer(..., backbone_opt=None)``).
+    ``apply_for_training``), so the BatchNorm statistics stay as they are; pair it with an
+    optimizer that only updates the head (``finetune.finetune_optimizer(..., backbone_opt=None)``,
+    whose weight decay is the head's alone), which keeps the backbone's weights. The
+    loss-scaled and the sharded steps take the same flag
+    (``precision.make_train_step_with_loss_scale``, ``sharding.make_sharded_train_step``).
 
     Metrics: ``loss`` (mean cross-entropy with the smoothing, float32), ``accuracy`` and
     ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends on

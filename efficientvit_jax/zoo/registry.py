@@ -64,7 +64,7 @@ def get_entry(name: str) -> ModelEntry:
     """The registry entry of a model name or tag; an unknown one lists the known ones."""
     model, tag = _tags.split_name(name)
     if model not in _REGISTRY:
-        raise ValueError(f"unknown model {model!r}; known models: {', '.join(list_models())}")
+        raise _tags.unknown_model(name, list_models())
     if tag is not None:
         _tags.get_tag(name)  # an unknown tag lists the model's tags
     return _REGISTRY[model]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from efficientvit_jax.data import imagenet
+from efficientvit_jax.data import folders, imagenet
 from efficientvit_jax.data.folders import scan_folder
 from efficientvit_jax.data.loader import ImageLoader
 
@@ -75,6 +75,34 @@ def test_folder_errors(
     assert message in str(e.value) and "\n" not in str(e.value)
     if layout == "empty_class":
         assert str(e.value).endswith(": b")
+
+
+def test_a_split_dataset_is_not_a_class_tree(
+    tmp_path: Any, image_files: dict, make_class_tree: Any
+) -> None:
+    for split in ("train", "val"):
+        make_class_tree(str(tmp_path / split), {"a": [image_files["grey"]]})
+    with pytest.raises(ValueError) as e:
+        scan_folder(tmp_path)
+    assert str(e.value) == (
+        f"--data {tmp_path} holds train/ and val/, not class folders: pass {tmp_path}/val to eval"
+    )
+    with pytest.raises(ValueError, match=r"holds train/ and val/, not class folders: my advice$"):
+        scan_folder(tmp_path, split_hint="my advice")
+
+
+def test_image_files_expands_folders(tmp_path: Any) -> None:
+    for name in ("b/2.png", "b/c/1.JPG", "a.jpg", "b/notes.txt", "b/.hidden.png", "file.dat"):
+        os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
+        (tmp_path / name).touch()
+    found = folders.image_files([str(tmp_path / "file.dat"), str(tmp_path / "b")])
+    # a named file is taken whatever its extension; a folder's images sorted, below included
+    assert [os.path.relpath(p, tmp_path) for p in found] == ["file.dat", "b/2.png", "b/c/1.JPG"]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match=r"^image folder \S+none holds no image files \(.jpg/"):
+        folders.image_files([str(tmp_path / "a.jpg"), str(tmp_path / "none")])
+    with pytest.raises(ValueError, match=r"^image nope\.png: no such file or folder$"):
+        folders.image_files(["nope.png"])
 
 
 def _identity(path: str) -> np.ndarray:

@@ -4,7 +4,6 @@ count."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -13,8 +12,15 @@ import pytest
 from flax import traverse_util
 
 from efficientvit_jax.cli import main
-from efficientvit_jax.cli.train_folders import build_model, pretrained_tuning
-from efficientvit_jax.training import create_train_state
+from efficientvit_jax.training import (
+    DataOptions,
+    ModelOptions,
+    OptimOptions,
+    ScheduleOptions,
+    TrainConfig,
+    create_train_state,
+)
+from efficientvit_jax.training.recipe import build_model, pretrained_tuning
 from efficientvit_jax.training.steps import make_train_step
 from efficientvit_jax.zoo import load_timm_weights
 
@@ -37,12 +43,13 @@ def _timm_checkpoint(timm: Any, name: str, path: Any, num_classes: int = 1000) -
     return str(path)
 
 
-def _args(name: str, weights: str, **kw: Any) -> argparse.Namespace:
-    base = dict(
-        model=name, weights=weights, image_size=SIZE, freeze_backbone=False,
-        backbone_lr_scale=0.1, learning_rate=1e-3, warmup_steps=0, weight_decay=0.05,
-    )  # fmt: skip
-    return argparse.Namespace(**{**base, **kw})
+def _config(name: str, weights: str, *, freeze_backbone: bool = False) -> TrainConfig:
+    return TrainConfig(
+        data=DataOptions(folder="unused"),
+        model=ModelOptions(name, weights, SIZE, freeze_backbone=freeze_backbone),
+        optim=OptimOptions(learning_rate=1e-3, weight_decay=0.05, backbone_lr_scale=0.1),
+        schedule=ScheduleOptions(warmup_steps=0),
+    )
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
@@ -61,9 +68,9 @@ def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
     ckpt = _timm_checkpoint(timm, name, tmp_path / "w.safetensors")
     overrides = {"img_size": SIZE} if name.endswith("m0") else {}
     reference = load_timm_weights(ckpt, name, **overrides)  # the checkpoint, 1000 classes
-    args = _args(name, ckpt, freeze_backbone=True)
-    model, _ = build_model(args, 3)
-    tuning = pretrained_tuning(args, model, 3)
+    config = _config(name, ckpt, freeze_backbone=True)
+    model = build_model(config, 3)
+    tuning = pretrained_tuning(config, model, 3)
     optimizer = tuning.optimizer(10)
     x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
     state = tuning.prepare(create_train_state(model, optimizer, 0, x))

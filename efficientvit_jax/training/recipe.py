@@ -1,0 +1,211 @@
+"""The pieces a ``TrainConfig`` names, built: the model and its data config, the pretrained
+start (``Tuning``), the augmentation. ``training.run.train`` puts them together.
+
+This is the one place in ``training`` that knows the package's models: the rest of it takes
+any flax classifier as an argument. The model modules are imported lazily (they never import
+``training``), so ``import efficientvit_jax.training`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from efficientvit_jax.training.config import TrainConfig
+from efficientvit_jax.training.job import Tuning
+
+
+def resolved_image_size(config: TrainConfig) -> int:
+    """The side of the training images: the builder's, ``model.image_size``, or the tag's."""
+    m = config.model
+    if m.name is None:
+        return m.builder.image_size
+    if m.image_size is not None:
+        return m.image_size
+    from efficientvit_jax.data.tags import get_tag
+
+    return get_tag(m.name).image_size
+
+
+def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | None = None) -> Any:
+    """The module of ``config.model`` with ``num_classes`` outputs, computing in
+    ``dtype_options`` (``precision.dtype_options``; default float32)."""
+    m, dt = config.model, dict(dtype_options or {})
+    if m.name is None:
+        from efficientvit_jax.model import EfficientViT
+
+        return EfficientViT(m.builder.replace(num_classes=num_classes, **dt))
+    from efficientvit_jax.zoo import create_model, get_config
+
+    size = resolved_image_size(config)
+    extra = {"img_size": size} if hasattr(get_config(m.name), "img_size") else {}
+    return create_model(m.name, num_classes=num_classes, **extra, **dt)
+
+
+def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = None) -> Any:
+    """The evaluation ``data.DataConfig`` of the run (what ``create_transform`` takes).
+
+    A tag: its own (timm's) at the training size. The builder on folders: the whole image
+    (crop 1.0), bilinear, ImageNet's statistics. The digits: one grey channel, bilinear, the
+    training split's mean and std (``digits_stats``), so a digit drawn in a file goes through
+    the same steps as the arrays did.
+    """
+    from efficientvit_jax.data import DataConfig, resolve_data_config
+
+    fmt, size = model.config.data_format, resolved_image_size(config)
+    if config.model.name is not None:
+        return resolve_data_config(config.model.name, input_size=size, data_format=fmt)
+    if digits_stats is not None:
+        mean, std = digits_stats
+        return DataConfig((1, size, size), "bilinear", (mean,), (std,), 1.0, data_format=fmt)
+    return DataConfig((3, size, size), "bilinear", crop_pct=1.0, data_format=fmt)
+
+
+def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuning:
+    """The ``Tuning`` of ``model.weights``: load what fits, re-initialise the rest (named),
+    the head at ``optim.learning_rate`` and the backbone at ``optim.backbone_lr_scale`` times
+    it (or frozen). Reads the weights now, so a bad file fails before any write."""
+    from efficientvit_jax.training import finetune
+    from efficientvit_jax.training.steps import make_optimizer
+
+    m, o = config.model, config.optim
+    if m.weights is None:
+        return Tuning()
+    pretrained = load_pretrained_start(config)
+    holder: dict[str, Any] = {}
+
+    def prepare(state: Any) -> Any:
+        merged = finetune.merge_pretrained(
+            {"params": state.params, "batch_stats": state.batch_stats}, pretrained
+        )
+        print(f"loaded {len(merged.loaded)} tensors from {m.weights}", flush=True)
+        print(f"re-initialised {len(merged.reinitialised)}: {', '.join(merged.reinitialised)}")
+        holder["head"] = _head_paths(merged, num_classes)
+        v = merged.variables
+        return state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}))
+
+    def optimizer(total: int) -> Any:
+        def adamw(lr: float) -> Any:
+            return make_optimizer(
+                lr, total_steps=total, warmup_steps=config.schedule.warmup_steps,
+                weight_decay=o.weight_decay,
+            )  # fmt: skip
+
+        shapes = param_shapes(model, resolved_image_size(config))
+        head = holder.get("head") or finetune.classifier_paths(shapes, num_classes)
+        backbone = None if m.freeze_backbone else adamw(o.learning_rate * o.backbone_lr_scale)
+        return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head)
+
+    return Tuning(optimizer=optimizer, prepare=prepare, frozen_backbone=m.freeze_backbone)
+
+
+def param_shapes(model: Any, size: int) -> Any:
+    """The model's parameter shapes (``jax.eval_shape``: nothing computed)."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = model.config
+    c = getattr(cfg, "in_channels", None) or getattr(cfg, "in_chans", 3)
+    shape = (1, c, size, size) if cfg.data_format == "NCHW" else (1, size, size, c)
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
+
+
+def _head_paths(merged: Any, num_classes: int) -> list[str]:
+    """The re-initialised parameter modules, or the classifier when everything loaded."""
+    from efficientvit_jax.training import finetune
+
+    heads = sorted(
+        {
+            p.split("/", 1)[1].rsplit("/", 1)[0]
+            for p in merged.reinitialised
+            if p.startswith("params/")
+        }
+    )
+    return heads or finetune.classifier_paths(merged.variables["params"], num_classes)
+
+
+def load_pretrained_start(config: TrainConfig) -> dict[str, Any]:
+    """Variables from a timm checkpoint (its classifier dropped when it has another size) or
+    a ``convert`` folder of the same architecture."""
+    from efficientvit_jax.zoo.converted import load_converted_as
+
+    m = config.model
+    if not os.path.exists(m.weights):
+        raise ValueError(f"--weights {m.weights}: no such file or folder")
+    if os.path.isdir(m.weights):
+        # any head size: merge_pretrained re-initialises a classifier that does not fit
+        return load_converted_as(m.name, m.weights)[1]
+    variables, dropped = _timm_at_some_size(m.name, m.weights, resolved_image_size(config))
+    if dropped:
+        print(f"checkpoint classifier not loaded (another class count): {', '.join(dropped)}")
+    return variables
+
+
+def _timm_at_some_size(name: str, weights: str, size: int) -> tuple[dict[str, Any], list[str]]:
+    """A timm checkpoint read at ``size``, else at the tag's size: the MSRA models'
+    attention-bias tables depend on the size the checkpoint was made for. Where the sizes
+    differ, ``merge_pretrained`` re-initialises the tables that do not fit (and names them)."""
+    from efficientvit_jax.data.tags import get_tag
+    from efficientvit_jax.zoo import get_config, load_timm_backbone
+    from efficientvit_jax.zoo.convert import ConversionError
+
+    if not hasattr(get_config(name), "img_size"):
+        return load_timm_backbone(weights, name)
+    error = None
+    for s in dict.fromkeys([size, get_tag(name).image_size]):
+        try:
+            return load_timm_backbone(weights, name, img_size=s)
+        except ConversionError as e:
+            error = error or e
+    raise error
+
+
+def augmenter(level: str, data_config: Any, num_classes: int, model: str | None) -> tuple:
+    """``(augment(path, rng) -> image, mix)`` of ``level``: ``none`` is the evaluation
+    transform (resize, centre crop); ``light`` and ``strong`` are ``data.augment``'s, the
+    latter with the recipe of the paper that trained ``model``. The augmentations work on
+    ``[H, W, C]`` images; ``mix`` mixes a batch (``strong``) and lays it out as the model
+    takes it."""
+    from efficientvit_jax.data import augment, create_transform, load_image
+
+    if level == "none":
+        evaluate = create_transform(data_config)
+        return (lambda path, rng: evaluate(path)), None
+    recipe = augment.recipe_for_model(model or "")
+    aug = augment.build_augment_from_config(
+        level, data_config, num_classes=num_classes, recipe=recipe
+    )
+    nchw = data_config.data_format == "NCHW"
+
+    def per_image(path: str, rng: Any) -> Any:
+        return aug(load_image(path), rng)
+
+    def mix(images: Any, labels: Any, rng: Any) -> tuple:
+        if aug.mix is not None:
+            images, labels = aug.mix(images, labels, rng)
+        return (images.transpose(0, 3, 1, 2) if nchw else images), labels
+
+    return per_image, mix
+
+
+def describe_model(config: TrainConfig, model: Any) -> str:
+    """One line naming the model a run trains (the builder's options in full: a from-scratch
+    folder run must not hide which preset it took)."""
+    if config.model.name is not None:
+        start = f" from {config.model.weights}" if config.model.weights else " (random init)"
+        return f"model {config.model.name}{start}"
+    b = model.config
+    shown = ("image_size", "patch_size", "embed_dim", "depths", "num_heads", "mlp_ratio")
+    opts = ", ".join(f"{k}={getattr(b, k)}" for k in shown)
+    return f"model: the core builder ({opts}; random init)"
+
+
+__all__ = [
+    "augmenter",
+    "build_model",
+    "data_config",
+    "describe_model",
+    "param_shapes",
+    "pretrained_tuning",
+    "resolved_image_size",
+]

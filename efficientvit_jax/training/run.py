@@ -1,0 +1,197 @@
+"""``train(config, workdir)``: a ``TrainConfig`` run end to end, like flax's
+``train_and_evaluate``. The digits job and folder training (from scratch or fine-tuned, any
+zoo family) are the same call; ``efficientvit-jax train`` only builds the config.
+
+A run folder holds ``config.json`` (the recipe), ``run.json`` (what the data decided: the
+class names and the evaluation data config), ``checkpoints/``, ``metrics.json`` and
+``curves.png``; ``efficientvit_jax.load_run`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from efficientvit_jax.training.config import (
+    OPERATIONAL,
+    TrainConfig,
+    flatten,
+    load_config,
+    resume_config,
+    save_config,
+)
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """What the data of a run decided before the model exists."""
+
+    classes: tuple[str, ...]
+    splits: Any = None  # folders: ``training.folders.Splits``
+    digits: Any = None  # digits: ``training.digits.Split``
+
+
+def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = False) -> dict:
+    """Run ``config``, writing into ``workdir``; returns the final metrics.
+
+    With ``resume`` the newest intact checkpoint in ``workdir/checkpoints`` is continued, and
+    ``config`` must be the stored recipe up to operational fields (``resume_config``; the
+    epochs may grow). Without it, a ``workdir`` that already holds checkpoints is refused.
+    Every check (config, data layout, weights file, output folder) runs before anything is
+    written; a user's mistake is a one-line ``ValueError``.
+    """
+    from efficientvit_jax._io import check_output_folder
+    from efficientvit_jax.training import distributed, recipe, sharding
+    from efficientvit_jax.training.job import train_classifier
+
+    t_start, workdir = time.perf_counter(), os.fspath(workdir)
+    config = _resumed(config, workdir) if resume else config
+    check_output_folder(workdir)  # before any work, writing nothing: a bad --output fails now
+    setup = distributed.setup_from_options(config.mesh, config.precision)
+    if setup.multiprocess:
+        raise ValueError("multi-process training (--num-processes, --distributed) is not wired "
+                         "into train(config, workdir) yet; see docs/scaling.md")  # fmt: skip
+    sharding.check_batch_size(config.data.batch_size, setup.mesh)
+    data = _read_data(config)
+    dtypes = setup.model_options if setup.precision != "float32" else {}
+    model = recipe.build_model(config, len(data.classes), dtypes)
+    stats = (data.digits.mean, data.digits.std) if data.digits is not None else None
+    eval_data = recipe.data_config(config, model, stats)
+    tuning = recipe.pretrained_tuning(config, model, len(data.classes))  # reads --weights
+    source, skipped = _source(config, data, eval_data, setup)
+    print(recipe.describe_model(config, model), flush=True)
+    ckpt = _open_checkpoints(config, workdir, resume)
+    save_config(config, workdir)
+    _write_run_file(workdir, data.classes, eval_data)
+    info = {**config.to_dict(), "classes": list(data.classes)}
+    metrics = train_classifier(
+        model, source, config, ckpt, workdir, setup, tuning=tuning, resume=resume,
+        run_info=info, t_start=t_start,
+    )  # fmt: skip
+    files = list(dict.fromkeys(p for p, _ in skipped()))  # once each, first seen first
+    if files:
+        print(f"skipped {len(files)} unreadable file(s): {', '.join(files)}")
+    return metrics
+
+
+def stored_config(workdir: str | os.PathLike) -> TrainConfig:
+    """The recipe of the run in ``workdir``, to resume it (one line if there is none)."""
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        raise ValueError(f"--resume: no checkpoint folder {os.path.join(workdir, CHECKPOINTS)}")
+    return load_config(workdir)
+
+
+def _resumed(config: TrainConfig, workdir: str) -> TrainConfig:
+    """``config`` checked against the stored recipe; says how an extended schedule goes on."""
+    stored = stored_config(workdir)
+    config = resume_config(stored, config)
+    old, new = stored.schedule.epochs, config.schedule.epochs
+    if new > old:
+        print(f"extending the run from {old} to {new} epochs: the warm-up is kept and the "
+              f"cosine decay is stretched over {new} epochs from the step reached", flush=True)  # fmt: skip
+    return config
+
+
+def _read_data(config: TrainConfig) -> _Data:
+    """The digits, or the folder tree's splits (one-line errors for bad layouts)."""
+    if config.is_digits:
+        from efficientvit_jax.training.digits import load_digits_split
+
+        b = config.model.builder
+        digits = load_digits_split(b.image_size, b.data_format)
+        n = len(digits.train_images)
+        if config.data.batch_size > n:
+            raise ValueError(
+                f"data.batch_size (--batch-size) must be <= {n} (the training images), "
+                f"got {config.data.batch_size}"
+            )
+        return _Data(DIGIT_CLASSES, digits=digits)
+    from efficientvit_jax.training.folders import find_splits
+
+    splits = find_splits(config.data.folder, config.data.val_split)
+    return _Data(tuple(splits.classes), splits=splits)
+
+
+def _source(config: TrainConfig, data: _Data, eval_data: Any, setup: Any) -> tuple[Any, Any]:
+    """``(Source, skipped())``: the batches of the run, and the unreadable files so far."""
+    from efficientvit_jax.data import create_transform
+    from efficientvit_jax.training import recipe
+    from efficientvit_jax.training.job import array_source
+
+    d = config.data
+    if data.digits is not None:
+        return array_source(data.digits, d.batch_size, d.eval_batch_size, config.seed), list
+    from efficientvit_jax.training.folders import folder_source
+
+    k = len(data.classes)
+    augment, mix = recipe.augmenter(config.augment.level, eval_data, k, config.model.name)
+    source, pipe = folder_source(
+        data.splits, augment, create_transform(eval_data), batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size, seed=config.seed, workers=d.workers, mix=mix,
+        skip_bad=d.skip_bad, process_index=setup.process_index,
+        process_count=setup.process_count,
+    )  # fmt: skip
+    return source, lambda: list(pipe.skipped)
+
+
+def identity(config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must have been saved under to be resumed: the recipe without its
+    operational fields and its length (which a resume may extend)."""
+    return {
+        k: v for k, v in flatten(config).items()
+        if k not in OPERATIONAL and k != "schedule.epochs"
+    }  # fmt: skip
+
+
+def _open_checkpoints(config: TrainConfig, workdir: str, resume: bool) -> Any:
+    """The run's ``Checkpointer``; refuses to mix runs (checkpoints present without
+    ``resume``) before anything is written."""
+    from efficientvit_jax._io import check_output_writable
+    from efficientvit_jax.training.checkpoint import Checkpointer
+
+    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+    check_output_writable(workdir)
+    ckpt = Checkpointer(ckpt_dir, config=identity(config), max_to_keep=config.output.keep)
+    if not resume and ckpt.latest_step() is not None:
+        raise ValueError(
+            f"{ckpt_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
+            "pass --resume to continue, or choose another --output"
+        )
+    return ckpt
+
+
+def _write_run_file(workdir: str, classes: tuple[str, ...], eval_data: Any) -> None:
+    from efficientvit_jax._io import atomic_write
+    from efficientvit_jax.training.checkpoint import config_to_dict
+
+    info = {"classes": list(classes), "data_config": config_to_dict(eval_data)}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=1)
+
+    atomic_write(os.path.join(workdir, RUN_FILE), write)
+
+
+def read_run_file(workdir: str) -> dict[str, Any]:
+    """``run.json`` of a run folder: ``classes`` and ``data_config``."""
+    path = os.path.join(workdir, RUN_FILE)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); the run did not get to start") from None
+    if not isinstance(info, dict) or not {"classes", "data_config"} <= set(info):
+        raise ValueError(f"{path}: not a run file (needs classes and data_config)")
+    return info
+
+
+__all__ = ["read_run_file", "stored_config", "train"]
