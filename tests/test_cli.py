@@ -76,13 +76,13 @@ def _err(capsys):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--batch-size", "0"], "data.batch_size (--batch-size) must be >= 1, got 0"),
-        (["--learning-rate", "-0.1"], "(--learning-rate) must be a finite number > 0"),
-        (["--epochs", "0"], "schedule.epochs (--epochs) must be >= 1, got 0"),
-        (["--label-smoothing", "1.5"], "(--label-smoothing) must be a finite number >= 0 and < 1"),
-        (["--batch-size", "5000"], "(--batch-size) must be <= 1437"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--learning-rate", "-0.1"], "--learning-rate must be a finite number > 0"),
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+        (["--batch-size", "5000"], "--batch-size must be <= 1437"),
         (["--embed-dim", "7"], "num_heads"),
-        (["--in-channels", "3"], "(--in-channels) must be 1"),
+        (["--in-channels", "3"], "--in-channels must be 1"),
     ],
 )
 def test_impossible_values(flags, message, tmp_path, capsys):

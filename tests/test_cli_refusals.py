@@ -166,7 +166,9 @@ def test_predict_reads_the_images_of_a_folder(tmp_path, capsys, monkeypatch):
             return np.full((len(images), 3), 1 / 3)
 
     monkeypatch.setattr(
-        predict, "load_classifier", lambda args: (Uniform(), lambda p: np.zeros((2, 2, 3)), ["x", "y", "z"])
+        predict,
+        "load_classifier",
+        lambda args: (Uniform(), lambda p: np.zeros((2, 2, 3)), ["x", "y", "z"]),
     )
     _tree(tmp_path / "d", {"b": 1, "a": 2})
     (tmp_path / "d" / "notes.txt").touch()

@@ -121,7 +121,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     if args.resume:
         stored = stored_config(args.output or DEFAULT_OUTPUT)
-        return stored.with_values(given_values(args, stored.model.name is not None))
+        # --max-steps says where this invocation stops: not carried over from the last one.
+        given = {"schedule.max_steps": None, **given_values(args, stored.model.name is not None)}
+        return stored.with_values(given)
     if args.data is None:
         for flag in _FOLDER_ONLY:
             if getattr(args, flag) is not None:
@@ -130,10 +132,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
     given = given_values(args, zoo=args.model is not None)
     if args.model is not None:
         builder = sorted(k for k in given if k.startswith("model.builder."))
-        if builder:
+        if builder:  # as before the typed config: accepted, and now said to be unused
             flags = ", ".join("--" + k.rsplit(".", 1)[1].replace("_", "-") for k in builder)
-            raise ValueError(f"{flags}: builder options, not for --model {args.model} (its "
-                             "architecture is fixed; --image-size and --precision apply)")  # fmt: skip
+            print(f"note: {flags} are core-builder options, unused by --model {args.model} "
+                  "(its architecture is fixed; --image-size and --precision apply)")  # fmt: skip
+            given = {k: v for k, v in given.items() if k not in builder}
     elif "model.builder.num_classes" in given:
         raise ValueError("--num-classes: a folder run has one output per class folder")
     # A folder run from scratch: the builder's own defaults (Edifice's) at 224 px, RGB.

@@ -41,11 +41,23 @@ class _Section:
     _section = ""
 
     def _need(self, ok: bool, name: str, rule: str) -> None:
+        """``ValueError`` unless ``ok``: "--flag must be RULE, got VALUE (section.field)"; the
+        flag first, as the command line says it, the field for the library's users."""
         if not ok:
             f = {x.name: x for x in dataclasses.fields(self)}[name]  # type: ignore[arg-type]
+            field = f"{self._section}.{name}"
             flag = f.metadata.get("flag")
-            where = f"{self._section}.{name}" + (f" ({flag})" if flag else "")
-            raise ValueError(f"{where} must be {rule}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if flag is None:
+                raise ValueError(f"{field} must be {rule}, got {value!r}")
+            raise ValueError(f"{flag} must be {rule}, got {value!r} ({field})")
+
+    def _requires(self, ok: bool, name: str, other: str, why: str) -> None:
+        """A rule between two fields: "--flag needs --other (why)"."""
+        if not ok:
+            fields = {x.name: x for x in dataclasses.fields(self)}  # type: ignore[arg-type]
+            flag = fields[name].metadata.get("flag", f"{self._section}.{name}")
+            raise ValueError(f"{flag} needs {other} ({why}; {self._section}.{name})")
 
     def _positive(self, *names: str, optional: bool = False) -> None:
         for n in names:
@@ -57,7 +69,7 @@ class _Section:
         v = getattr(self, name)
         ok = isinstance(v, (int, float)) and math.isfinite(v) and v >= low
         ok = ok and (high is None or v < high)
-        rule = f"a finite number >= {low}" + (f" and < {high}" if high is not None else "")
+        rule = f"in [{low}, {high})" if high is not None else f"a finite number >= {low}"
         self._need(ok, name, rule)
 
 
@@ -83,7 +95,9 @@ class DataOptions(_Section):
         if self.val_split is not None:
             v = self.val_split
             self._need(isinstance(v, (int, float)) and 0 < v < 1, "val_split", "in (0, 1)")
-            self._need(self.folder is not None, "val_split", "unset without --data")
+            self._requires(
+                self.folder is not None, "val_split", "--data", "the digits job has its split"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +123,12 @@ class ModelOptions(_Section):
         self._positive("image_size", optional=True)
         if self.name is None:
             self._need(self.builder is not None, "builder", "a core config without --model")
-            self._need(self.weights is None, "weights", "unset without --model (a zoo name)")
+            self._requires(self.weights is None, "weights", "--model (a zoo name or tag)",
+                           "the core builder has no pretrained weights")  # fmt: skip
         else:
-            self._need(self.builder is None, "builder", "unset with --model (a zoo model)")
-        self._need(
-            not self.freeze_backbone or self.weights is not None,
-            "freeze_backbone",
-            "off without --weights (a frozen random backbone learns nothing)",
-        )
+            self._need(self.builder is None, "builder", "None with --model (a zoo model)")
+        self._requires(not self.freeze_backbone or self.weights is not None, "freeze_backbone",
+                       "--weights", "a frozen random backbone learns nothing")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,26 +299,26 @@ class TrainConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed (--seed) must be an int, got {self.seed!r}")
+            raise ValueError(f"--seed must be an int, got {self.seed!r} (seed)")
         if self.data.folder is None:
             self._check_digits()
         elif self.model.builder is not None and self.model.builder.in_channels != 3:
-            raise ValueError(f"model.builder.in_channels (--in-channels) must be 3 for image "
-                             f"folders (RGB), got {self.model.builder.in_channels}")  # fmt: skip
+            raise ValueError(f"--in-channels must be 3 for image folders (RGB), got "
+                             f"{self.model.builder.in_channels} (model.builder.in_channels)")  # fmt: skip
 
     def _check_digits(self) -> None:
         """The digits job: the core builder on grey 10-class images, nothing of folders."""
         m = self.model
         if m.name is not None:
-            raise ValueError("model.name (--model) needs data.folder (--data); the digits job "
-                             "trains the core builder")  # fmt: skip
+            raise ValueError("--model needs --data (the digits job trains the core builder; "
+                             "model.name needs data.folder)")  # fmt: skip
         b = m.builder
         if b.in_channels != 1:
-            raise ValueError(f"model.builder.in_channels (--in-channels) must be 1 for the "
-                             f"digits (grey images), got {b.in_channels}")  # fmt: skip
+            raise ValueError(f"--in-channels must be 1 for the digits (grey images), got "
+                             f"{b.in_channels} (model.builder.in_channels)")  # fmt: skip
         if b.num_classes not in (None, 10):
-            raise ValueError(f"model.builder.num_classes (--num-classes) must be 10 for the "
-                             f"digits, got {b.num_classes}")  # fmt: skip
+            raise ValueError(f"--num-classes must be 10 for the digits, got {b.num_classes} "
+                             "(model.builder.num_classes)")  # fmt: skip
 
     @property
     def is_digits(self) -> bool:

@@ -23,7 +23,10 @@ SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(sig
 
 def shown_path(path: str) -> str:
     """``path`` relative to the working directory when it lies under it, else absolute."""
-    rel = os.path.relpath(path)
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return path
     return path if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 

@@ -110,8 +110,8 @@ def _read_data(config: TrainConfig) -> _Data:
         n = len(digits.train_images)
         if config.data.batch_size > n:
             raise ValueError(
-                f"data.batch_size (--batch-size) must be <= {n} (the training images), "
-                f"got {config.data.batch_size}"
+                f"--batch-size must be <= {n} (the training images), got "
+                f"{config.data.batch_size} (data.batch_size)"
             )
         return _Data(DIGIT_CLASSES, digits=digits)
     from efficientvit_jax.training.folders import find_splits

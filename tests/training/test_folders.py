@@ -135,6 +135,8 @@ def test_digits_as_png_folders_match_the_in_memory_job(tmp_path: Any) -> None:
     flags = ["--epochs", "6", "--no-progress"]
     assert main(["train", *flags, "-o", str(tmp_path / "mem")]) == 0
     folder = ["--data", str(tmp_path / "digits"), "--augment", "none", "--image-size", "32"]
+    # the digits job's model (a folder run from scratch takes the builder's own defaults)
+    folder += ["--patch-size", "4", "--embed-dim", "16", "--drop-path-rate", "0.1"]
     assert main(["train", *flags, *folder, "-o", str(tmp_path / "png")]) == 0
     mem, png = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("mem", "png"))
     assert png["test_count"] == mem["test_count"] == 360

@@ -4,6 +4,7 @@ exit 130, and a resume that ends exactly where an uninterrupted run does."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -159,7 +160,7 @@ TRAIN = [
 TOTAL = 44  # 2 epochs of 22 steps (1437 train images, 64 a batch)
 LINE = re.compile(
     r"efficientvit-jax train: interrupted by SIGINT at step (\d+); last checkpoint "
-    r"run/checkpoints/(\d+); continue with: efficientvit-jax train --output run --resume"
+    r"run/checkpoints/(\d+); continue with: (efficientvit-jax train --output run --resume)"
 )
 
 
@@ -205,10 +206,11 @@ def test_sigint_during_train_then_resume_matches_a_straight_run(tmp_path):
     assert 1 <= step < TOTAL
     assert os.listdir(tmp_path / "run" / "checkpoints") == [str(step)]
 
+    # The command the line gives, as it is: the run folder holds the recipe.
+    command = [sys.executable, "-m", "efficientvit_jax.cli", *shlex.split(match[3])[1:]]
     resume = subprocess.run(
-        [*TRAIN, "--output", "run", "--resume"], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=300,
-    )  # fmt: skip
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resume.returncode == 0, resume.stderr[-3000:]
     straight = subprocess.run(
         [*TRAIN, "--output", "straight"], cwd=tmp_path, env=env, capture_output=True,
