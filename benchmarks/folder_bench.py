@@ -30,8 +30,8 @@ from eval_bench import make_folder
 
 
 def _augment(level: str, classes: int) -> tuple[Any, Any]:
-    from efficientvit_jax.training.recipe import augmenter
     from efficientvit_jax.data import resolve_data_config
+    from efficientvit_jax.training.recipe import augmenter
 
     return augmenter(level, resolve_data_config("efficientvit_b0"), classes, "efficientvit_b0")
 
