@@ -41,13 +41,13 @@ def track_ema(decay: float, *, warmup: bool = True) -> optax.GradientTransformat
         t = state.count.astype(jnp.float32)
         d = jnp.minimum(decay, (1.0 + t) / (10.0 + t)) if warmup else jnp.float32(decay)
         new = optax.apply_updates(params, updates)
-        ema = jax.tree.map(
-            lambda e, p: (d * e.astype(jnp.float32) + (1 - d) * p.astype(jnp.float32)).astype(
-                e.dtype
-            ),
-            state.ema,
-            new,
-        )
+        # e + (1 - d) (p - e), not d e + (1 - d) p: the same average, but exactly e where the
+        # weights did not move (a frozen backbone's EMA stays bit-identical to it).
+        def step(e: jax.Array, p: jax.Array) -> jax.Array:
+            e32 = e.astype(jnp.float32)
+            return (e32 + (1 - d) * (p.astype(jnp.float32) - e32)).astype(e.dtype)
+
+        ema = jax.tree.map(step, state.ema, new)
         return updates, EmaState(state.count + 1, ema)
 
     return optax.GradientTransformation(init, update)
