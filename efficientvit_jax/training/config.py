@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from efficientvit_jax.config import EfficientViTConfig
+from efficientvit_jax.config import EfficientViTConfig, check_option_names
 
 CONFIG_FILE = "config.json"
 # The format of config.json; a run folder without it (or of another version) is refused with
@@ -65,6 +65,11 @@ class _Section:
             if not (optional and v is None):
                 self._need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, n, ">= 1")
 
+    def _switch(self, *names: str) -> None:
+        """Booleans are ``True``/``False`` (a hand-edited config.json's ``"yes"`` is refused)."""
+        for n in names:
+            self._need(isinstance(getattr(self, n), bool), n, "true or false")
+
     def _finite(self, name: str, low: float, high: float | None = None) -> None:
         v = getattr(self, name)
         ok = isinstance(v, (int, float)) and math.isfinite(v) and v >= low
@@ -91,6 +96,7 @@ class DataOptions(_Section):
 
     def __post_init__(self) -> None:
         self._positive("batch_size", "eval_batch_size")
+        self._switch("skip_bad")
         self._need(isinstance(self.workers, int) and self.workers >= 0, "workers", ">= 0")
         if self.val_split is not None:
             v = self.val_split
@@ -119,7 +125,11 @@ class ModelOptions(_Section):
 
     def __post_init__(self) -> None:
         if isinstance(self.builder, Mapping):  # from JSON
+            check_option_names(self.builder)  # unknown keys: ValueError, not TypeError
             object.__setattr__(self, "builder", EfficientViTConfig(**self.builder))
+        self._need(self.builder is None or isinstance(self.builder, EfficientViTConfig),
+                   "builder", "an EfficientViTConfig (or None)")  # fmt: skip
+        self._switch("freeze_backbone")
         self._positive("image_size", optional=True)
         if self.name is None:
             self._need(self.builder is not None, "builder", "a core config without --model")
@@ -226,6 +236,7 @@ class MeshOptions(_Section):
 
     def __post_init__(self) -> None:
         self._positive("cpu_devices", "num_processes", optional=True)
+        self._switch("distributed")
         m = self.min_fsdp_size
         self._need(isinstance(m, int) and m >= 0, "min_fsdp_size", ">= 0")
         p = self.process_id
@@ -244,6 +255,7 @@ class OutputOptions(_Section):
 
     def __post_init__(self) -> None:
         self._positive("save_every", "keep")
+        self._switch("progress")
 
 
 SECTIONS: dict[str, type] = {
@@ -298,8 +310,9 @@ class TrainConfig:
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ValueError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"--seed must be an int, got {self.seed!r} (seed)")
+        seed = self.seed  # NumPy's default_rng (the shuffling) takes no negative seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"--seed must be an int >= 0, got {seed!r} (seed)")
         if self.data.folder is None:
             self._check_digits()
         elif self.model.builder is not None and self.model.builder.in_channels != 3:
@@ -341,6 +354,10 @@ class TrainConfig:
             if name not in SECTIONS:
                 raise ValueError(f"unknown config section {name!r} (known: {', '.join(SECTIONS)})")
             top[name] = _replace_section(getattr(self, name), fields)
+        unknown = set(top) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))} (known: "
+                             f"{', '.join(f.name for f in dataclasses.fields(self))})")  # fmt: skip
         return dataclasses.replace(self, **top)
 
     def to_dict(self) -> dict[str, Any]:
@@ -451,9 +468,9 @@ def load_config(workdir: str) -> TrainConfig:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(
-            f"{workdir}: no {CONFIG_FILE} (not a run folder, or one written by efficientvit-jax "
-            "before 0.2, whose runs cannot be resumed or loaded: retrain, or load its "
-            "checkpoint's 'state' item with orbax yourself)"
+            f"{workdir}: no {CONFIG_FILE}: not a run folder, or a run written before run folders "
+            "stored their recipe (efficientvit-jax 0.1), which cannot be resumed or loaded by "
+            "name: retrain it, or read its checkpoint's 'state' item with orbax"
         )
     try:
         with open(path) as f:

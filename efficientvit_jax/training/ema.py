@@ -41,6 +41,7 @@ def track_ema(decay: float, *, warmup: bool = True) -> optax.GradientTransformat
         t = state.count.astype(jnp.float32)
         d = jnp.minimum(decay, (1.0 + t) / (10.0 + t)) if warmup else jnp.float32(decay)
         new = optax.apply_updates(params, updates)
+
         # e + (1 - d) (p - e), not d e + (1 - d) p: the same average, but exactly e where the
         # weights did not move (a frozen backbone's EMA stays bit-identical to it).
         def step(e: jax.Array, p: jax.Array) -> jax.Array:

@@ -116,19 +116,50 @@ def folder_source(
         skip_bad,
     )  # fmt: skip
 
+    per = eval_batch_size // process_count
+    rows, n_batches = held_out_rows(len(splits.val), eval_batch_size, process_index, process_count)
+    sample = np.stack([eval_transform(splits.train[0][0])] * (batch_size // process_count))
+    empty = {
+        "images": np.zeros((per, *sample.shape[1:]), sample.dtype),
+        "labels": np.zeros(per, np.int32),
+        "mask": np.zeros(per, bool),
+    }
+
     def held_out() -> Any:
-        loader = ImageLoader(
-            splits.val, eval_transform, eval_batch_size, workers=workers, skip_bad=skip_bad
-        )
+        mine = [splits.val[i] for i in rows]
+        loader = ImageLoader(mine, eval_transform, per, workers=workers, skip_bad=skip_bad)
+        n = 0
         for b in loader:
+            n += 1
             yield b.arrays()
+        # Every process must run as many (collective) evaluation steps: where this one has
+        # no rows of the last global batch, it feeds a fully masked share.
+        for _ in range(n, n_batches):
+            yield dict(empty)
         pipe.skipped.extend(loader.skipped)  # one report for training and held-out files
 
-    sample = np.stack([eval_transform(splits.train[0][0])] * (batch_size // process_count))
     source = Source(
         pipe.steps_per_epoch, pipe.epoch, held_out, sample, len(splits.train), len(splits.val)
     )
     return source, pipe
 
 
-__all__ = ["Splits", "find_splits", "folder_source", "stratified_split", "take_images"]
+def held_out_rows(n: int, batch_size: int, index: int, count: int) -> tuple[list[int], int]:
+    """``(rows, n_batches)``: the held-out rows process ``index`` of ``count`` decodes, in
+    order, and the number of global batches of ``batch_size``. Its rows are its block of
+    each global batch (``job.process_rows``), those past ``n`` left out (padding)."""
+    per = batch_size // count
+    n_batches = -(-n // batch_size)
+    starts = np.arange(n_batches) * batch_size + index * per
+    rows = (starts[:, None] + np.arange(per)).reshape(-1)
+    return rows[rows < n].tolist(), n_batches
+
+
+__all__ = [
+    "Splits",
+    "find_splits",
+    "folder_source",
+    "held_out_rows",
+    "stratified_split",
+    "take_images",
+]

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
 
 from efficientvit_jax.training import sharding
 from efficientvit_jax.training.checkpoint import Checkpointer
@@ -48,26 +49,51 @@ class Source:
     n_held_out: int
 
 
-def array_source(data: Any, batch_size: int, eval_batch_size: int, seed: int) -> Source:
+def array_source(
+    data: Any, batch_size: int, eval_batch_size: int, seed: int, process_index: int = 0,
+    process_count: int = 1,
+) -> Source:  # fmt: skip
     """A ``Source`` over arrays ``train_images``, ``train_labels``, ``test_images``,
-    ``test_labels`` (the digits job's): shuffled from ``(seed, epoch)``, last batch dropped."""
+    ``test_labels`` (the digits job's): shuffled from ``(seed, epoch)``, last batch dropped.
+
+    The sizes are global; with several processes each one yields its own rows of every
+    global batch (``process_rows``), so together they feed the batches one process would.
+    """
 
     def epoch_batches(epoch: int, first: int) -> Any:
-        return iterate_batches(
+        batches = iterate_batches(
             data.train_images, data.train_labels, batch_size, seed=seed, epoch=epoch,
             remainder="drop", start_batch=first,
         )  # fmt: skip
+        return (process_rows(b, process_index, process_count) for b in batches)
 
     def held_out() -> Any:
-        return iterate_batches(
+        batches = iterate_batches(
             data.test_images, data.test_labels, eval_batch_size, shuffle=False, remainder="pad"
         )
+        return (process_rows(b, process_index, process_count) for b in batches)
 
     n = len(data.train_images)
     spe = num_batches(n, batch_size, remainder="drop")
-    return Source(
-        spe, epoch_batches, held_out, data.train_images[:batch_size], n, len(data.test_images)
-    )
+    sample = data.train_images[: batch_size // process_count]
+    return Source(spe, epoch_batches, held_out, sample, n, len(data.test_images))
+
+
+def process_rows(batch: dict[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
+    """Process ``index``'s share of a global batch: the ``index``-th of ``count`` equal
+    blocks of rows (the order in which ``sharding.shard_batch`` puts the shares together)."""
+    if count == 1:
+        return batch
+    per = len(batch["labels"]) // count
+    return {k: v[index * per : (index + 1) * per] for k, v in batch.items()}
+
+
+def eval_batch_size(requested: int, setup: Any) -> int:
+    """``requested`` rounded up to a multiple of the devices a batch is split over: held-out
+    batches go through the mesh like training ones (the filler is masked, so no metric
+    changes)."""
+    ways = 1 if setup is None else sharding.batch_size_per_step(setup.mesh)
+    return -(-requested // ways) * ways
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +134,18 @@ def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float,
     return state, make_train_step(model, optimizer, label_smoothing=ls, frozen_backbone=frozen)
 
 
-def _held_out_fn(model: Any, source: Source) -> Callable[[TrainState], dict[str, float]]:
-    """Held-out metrics of the raw weights and, where the optimizer keeps one, of the EMA."""
+def _held_out_fn(model: Any, source: Source, state: TrainState) -> Callable[..., dict]:
+    """Held-out metrics of the raw weights and, where the optimizer keeps one, of the EMA.
+
+    Where ``state`` lives on a mesh (``_steps`` sharded it), the held-out batches are split
+    over it like training ones, each process feeding its share (``Source.held_out`` yields
+    it): the step's sums then cover the global batch and come back replicated, the same
+    numbers on every process.
+    """
     eval_step = make_eval_step(model)
+    placed = getattr(state.step, "sharding", None)
+    if isinstance(placed, NamedSharding):
+        eval_step = _sharded_eval_step(eval_step, placed.mesh)
 
     def held_out(state: TrainState) -> dict[str, float]:
         out = evaluate(eval_step, state, source.held_out())
@@ -121,6 +156,15 @@ def _held_out_fn(model: Any, source: Source) -> Callable[[TrainState], dict[str,
         return out
 
     return held_out
+
+
+def _sharded_eval_step(eval_step: Callable, mesh: Any) -> Callable:
+    jitted = jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
+
+    def step(state: TrainState, batch: Any) -> Any:
+        return jitted(state, sharding.shard_batch(batch, mesh))
+
+    return step
 
 
 def train_classifier(
@@ -149,20 +193,16 @@ def train_classifier(
     total = spe * epochs
     max_steps = config.schedule.max_steps
     stop = total if max_steps is None else min(max_steps, total)
-    optimizer, state, log = _start(model, source, config, ckpt, setup, tuning, total, resume)
+    optimizer, state = _start(model, source, config, setup, tuning, total)
     ls = config.optim.label_smoothing
     state, train_step = _steps(model, optimizer, state, setup, ls, tuning.frozen_backbone)
-    held_out = _held_out_fn(model, source)
+    # Restored after sharding, into the sharded state: each process reads its own pieces.
+    state, log = _restore(ckpt, state) if resume else (state, RunLog())
+    held_out = _held_out_fn(model, source, state)
     start_step = int(jax.device_get(state.step))
-    if setup is not None:
-        print(setup.describe(), flush=True)
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    print(
-        f"training {type(model).__name__} ({n_params:,} params): {source.n_train} train / "
-        f"{source.n_held_out} held-out images, {spe} steps/epoch, steps {start_step} -> "
-        f"{stop} of {total}",
-        flush=True,
-    )
+    main = jax.process_index() == 0  # prints and files: one process speaks for the run
+    if main:
+        _announce(model, state, source, setup, start_step, stop, total)
     schedule = Schedule(spe, epochs, stop, config.output.save_every, batch_size)
     state = fit(
         state, train_step, source.epoch_batches, held_out, ckpt, schedule, log,
@@ -185,16 +225,30 @@ def train_classifier(
     }
     if "ema_accuracy" in final:
         metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
-    _write_outputs(workdir, metrics, log, final, ckpt)
+    if main:  # every process computed the same metrics; checkpoints were saved by all
+        _write_outputs(workdir, metrics, log, final, ckpt)
     return metrics
 
 
+def _announce(
+    model: Any, state: TrainState, source: Source, setup: Any, start: int, stop: int, total: int
+) -> None:
+    if setup is not None:
+        print(setup.describe(), flush=True)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(
+        f"training {type(model).__name__} ({n_params:,} params): {source.n_train} train / "
+        f"{source.n_held_out} held-out images, {source.steps_per_epoch} steps/epoch, steps "
+        f"{start} -> {stop} of {total}",
+        flush=True,
+    )
+
+
 def _start(
-    model: Any, source: Source, config: TrainConfig, ckpt: Checkpointer, setup: Any,
-    tuning: Tuning, total: int, resume: bool,
-) -> tuple[optax.GradientTransformation, TrainState, RunLog]:  # fmt: skip
-    """The optimizer, and the state and history to start from: fresh (and prepared, e.g.
-    pretrained weights loaded) or, with ``resume``, the newest intact checkpoint."""
+    model: Any, source: Source, config: TrainConfig, setup: Any, tuning: Tuning, total: int
+) -> tuple[optax.GradientTransformation, TrainState]:
+    """The optimizer and the fresh state (prepared, e.g. pretrained weights loaded): the
+    same on every process, from the same seed and files."""
     optimizer = (tuning.optimizer or _default_optimizer(config))(total)
     if config.ema.decay is not None:
         optimizer = with_ema(optimizer, config.ema.decay)
@@ -204,11 +258,14 @@ def _start(
     if tuning.prepare is not None:
         state = tuning.prepare(state)
         state = state.replace(opt_state=optimizer.init(state.params))
-    if not resume:
-        return optimizer, state, RunLog()
+    return optimizer, state
+
+
+def _restore(ckpt: Checkpointer, state: TrainState) -> tuple[TrainState, RunLog]:
+    """The newest intact checkpoint, restored into ``state``'s shapes and placement."""
     # Falls back past damaged checkpoints, saying so; CheckpointError if none is intact.
     state, extra = ckpt.restore(state, report=_warn)
-    return optimizer, state, RunLog.from_extra(extra)
+    return state, RunLog.from_extra(extra)
 
 
 def _warn(message: str) -> None:

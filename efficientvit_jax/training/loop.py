@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from efficientvit_jax.training.checkpoint import Checkpointer
 from efficientvit_jax.training.interrupt import Interrupted, StopOnSignal
@@ -101,15 +103,15 @@ def fit(
 
     run = _Run(checkpointer, int(jax.device_get(state.step)))
     bar = tqdm(
-        total=schedule.stop, initial=run.step, unit="step", disable=not progress,
+        total=schedule.stop, initial=run.step, unit="step", disable=not (progress and run.main),
         file=sys.stderr, dynamic_ncols=True,
     )  # fmt: skip
     with StopOnSignal(run.aborted) as run.signals, contextlib.closing(bar):
         while run.step < schedule.stop:
             state = _epoch(state, train_step, epoch_batches, evaluate, schedule, log, run, bar)
-            if run.signals.received:
+            if run.stop_signal:
                 bar.close()  # before the caller reports, so that its line comes last
-                raise run.interrupted(state, log, run.signals.received)
+                raise run.interrupted(state, log, run.stop_signal)
         if run.saved != run.step:  # e.g. resumed at the very end
             run.save(state, log)
     return state
@@ -125,9 +127,26 @@ class _Run:
     t_first: float | None = None  # throughput excludes the first step (compilation)
     s_first: int = 0
     signals: StopOnSignal | None = None
+    stop_signal: str | None = None  # the signal all processes agreed to stop on
+    main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
 
     def __post_init__(self) -> None:
         self.saved = self.checkpointer.latest_step()
+
+    def agree_on_stop(self) -> str | None:
+        """Set and return ``stop_signal``: the signal any process received so far.
+
+        With several processes every step and save is collective, so they must stop at
+        the same step even when a signal reaches one of them only, or a step later: each
+        step ends with this all-gather of the received signals (a few bytes).
+        """
+        name = self.signals.received if self.signals else None
+        if jax.process_count() > 1:
+            code = signal.Signals[name].value if name else 0
+            codes = multihost_utils.process_allgather(np.int32(code))
+            name = signal.Signals(int(np.max(codes))).name if np.max(codes) else None
+        self.stop_signal = name
+        return name
 
     def save(self, state: TrainState, log: RunLog) -> None:
         self.checkpointer.save(state, extra=log.to_extra())
@@ -184,13 +203,14 @@ def _epoch(
             bar.update(1)
             if run.step % spe == 0:  # epoch done: evaluate before a save, so the save has it
                 e = log.end_epoch(run.step // spe, run.step, spe, evaluate(state))
-                bar.write(
-                    f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, held-out "
-                    f"loss {e['test_loss']:.4f}, accuracy {e['test_accuracy']:.2%}"
-                )
+                if run.main:
+                    bar.write(
+                        f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, held-out "
+                        f"loss {e['test_loss']:.4f}, accuracy {e['test_accuracy']:.2%}"
+                    )
             if run.step % schedule.save_every == 0 or run.step == schedule.stop:
                 run.save(state, log)
-            if run.step >= schedule.stop or (run.signals and run.signals.received):
+            if run.agree_on_stop() or run.step >= schedule.stop:
                 break
     return state
 

@@ -52,12 +52,15 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     from efficientvit_jax.training.job import train_classifier
 
     t_start, workdir = time.perf_counter(), os.fspath(workdir)
-    config = _resumed(config, workdir) if resume else config
+    config, note = _resumed(config, workdir) if resume else (config, None)
     check_output_folder(workdir)  # before any work, writing nothing: a bad --output fails now
+    # Joins the processes of a multi-process run: each then decodes only its rows of every
+    # batch (``_source``), all take part in every step, evaluation and checkpoint, and
+    # process 0 alone prints and writes the run's files.
     setup = distributed.setup_from_options(config.mesh, config.precision)
-    if setup.multiprocess:
-        raise ValueError("multi-process training (--num-processes, --distributed) is not wired "
-                         "into train(config, workdir) yet; see docs/scaling.md")  # fmt: skip
+    main = setup.process_index == 0
+    if note and main:
+        print(note, flush=True)
     sharding.check_batch_size(config.data.batch_size, setup.mesh)
     data = _read_data(config)
     dtypes = setup.model_options if setup.precision != "float32" else {}
@@ -66,19 +69,27 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     eval_data = recipe.data_config(config, model, stats)
     tuning = recipe.pretrained_tuning(config, model, len(data.classes))  # reads --weights
     source, skipped = _source(config, data, eval_data, setup)
-    print(recipe.describe_model(config, model), flush=True)
+    if main:
+        print(recipe.describe_model(config, model), flush=True)
     ckpt = _open_checkpoints(config, workdir, resume)
-    save_config(config, workdir)
-    _write_run_file(workdir, data.classes, eval_data)
+    if main:
+        save_config(config, workdir)
+        _write_run_file(workdir, data.classes, eval_data)
     info = {**config.to_dict(), "classes": list(data.classes)}
     metrics = train_classifier(
         model, source, config, ckpt, workdir, setup, tuning=tuning, resume=resume,
         run_info=info, t_start=t_start,
     )  # fmt: skip
-    files = list(dict.fromkeys(p for p, _ in skipped()))  # once each, first seen first
-    if files:
-        print(f"skipped {len(files)} unreadable file(s): {', '.join(files)}")
+    _report_skipped(skipped(), setup)
     return metrics
+
+
+def _report_skipped(skipped: list[tuple[str, str]], setup: Any) -> None:
+    """Each process read its own files, so each names the unreadable ones it met."""
+    files = list(dict.fromkeys(p for p, _ in skipped))  # once each, first seen first
+    if files:
+        who = f"process {setup.process_index}: " if setup.process_count > 1 else ""
+        print(f"{who}skipped {len(files)} unreadable file(s): {', '.join(files)}")
 
 
 def stored_config(workdir: str | os.PathLike) -> TrainConfig:
@@ -89,15 +100,18 @@ def stored_config(workdir: str | os.PathLike) -> TrainConfig:
     return load_config(workdir)
 
 
-def _resumed(config: TrainConfig, workdir: str) -> TrainConfig:
-    """``config`` checked against the stored recipe; says how an extended schedule goes on."""
+def _resumed(config: TrainConfig, workdir: str) -> tuple[TrainConfig, str | None]:
+    """``config`` checked against the stored recipe, and a note on how an extended schedule
+    goes on (printed once the process that prints is known)."""
     stored = stored_config(workdir)
     config = resume_config(stored, config)
     old, new = stored.schedule.epochs, config.schedule.epochs
-    if new > old:
-        print(f"extending the run from {old} to {new} epochs: the warm-up is kept and the "
-              f"cosine decay is stretched over {new} epochs from the step reached", flush=True)  # fmt: skip
-    return config
+    if new <= old:
+        return config, None
+    return config, (
+        f"extending the run from {old} to {new} epochs: the warm-up is kept and the "
+        f"cosine decay is stretched over {new} epochs from the step reached"
+    )
 
 
 def _read_data(config: TrainConfig) -> _Data:
@@ -124,20 +138,21 @@ def _source(config: TrainConfig, data: _Data, eval_data: Any, setup: Any) -> tup
     """``(Source, skipped())``: the batches of the run, and the unreadable files so far."""
     from efficientvit_jax.data import create_transform
     from efficientvit_jax.training import recipe
-    from efficientvit_jax.training.job import array_source
+    from efficientvit_jax.training.job import array_source, eval_batch_size
 
     d = config.data
+    share = {"process_index": setup.process_index, "process_count": setup.process_count}
+    eval_bs = eval_batch_size(d.eval_batch_size, setup)
     if data.digits is not None:
-        return array_source(data.digits, d.batch_size, d.eval_batch_size, config.seed), list
+        return array_source(data.digits, d.batch_size, eval_bs, config.seed, **share), list
     from efficientvit_jax.training.folders import folder_source
 
     k = len(data.classes)
     augment, mix = recipe.augmenter(config.augment.level, eval_data, k, config.model.name)
     source, pipe = folder_source(
         data.splits, augment, create_transform(eval_data), batch_size=d.batch_size,
-        eval_batch_size=d.eval_batch_size, seed=config.seed, workers=d.workers, mix=mix,
-        skip_bad=d.skip_bad, process_index=setup.process_index,
-        process_count=setup.process_count,
+        eval_batch_size=eval_bs, seed=config.seed, workers=d.workers, mix=mix,
+        skip_bad=d.skip_bad, **share,
     )  # fmt: skip
     return source, lambda: list(pipe.skipped)
 
