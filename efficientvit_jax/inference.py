@@ -1,7 +1,8 @@
 """Pretrained models on images: load a tag's weights, class probabilities, folder evaluation.
 
 ``load_pretrained("efficientvit_b1.r288_in1k", "model.safetensors")`` gives ``(model,
-variables)`` from a timm checkpoint or a ``convert`` folder; ``Classifier`` runs it jitted at
+variables)`` from a timm checkpoint or a ``convert`` folder (without the file: the tag's
+published weights, from the Hugging Face Hub's cache); ``Classifier`` runs it jitted at
 a fixed batch size (one compilation) and ``evaluate_folder`` measures top-1, top-5 and the
 loss over a ``data.ImageLoader``.
 """
@@ -22,19 +23,23 @@ from efficientvit_jax import zoo
 
 
 def load_pretrained(
-    name: str, weights: str | os.PathLike, *, num_classes: int | None = None
+    name: str, weights: str | os.PathLike | None = None, *, num_classes: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """``(module, variables)`` of zoo model or tag ``name`` with ``weights``: a timm checkpoint
-    file (``.safetensors`` or PyTorch zip) or a folder written by ``efficientvit-jax convert``.
+    file (``.safetensors`` or PyTorch zip) or a folder written by ``efficientvit-jax convert``;
+    ``None``: the tag's published weights, from the Hugging Face Hub's cache (downloaded into
+    it on first use; ``zoo.hub``).
 
     Weights of another variant, or a head of another size than ``num_classes`` (default:
     the tag's), raise ``ValueError`` naming the mismatching tensors.
     """
     zoo.get_entry(name)  # unknown model or tag: one line listing the known ones
+    overrides = {} if num_classes is None else {"num_classes": num_classes}
+    if weights is None:
+        return zoo.create_model(name, pretrained=True, **overrides)
     weights = os.fspath(weights)
     if not os.path.exists(weights):
         raise ValueError(f"--weights {weights}: no such file or folder")
-    overrides = {} if num_classes is None else {"num_classes": num_classes}
     if os.path.isdir(weights):
         return zoo.converted.load_converted_as(name, weights, **overrides)
     return zoo.create_model(name, **overrides), zoo.load_timm_weights(weights, name, **overrides)

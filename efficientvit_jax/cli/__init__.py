@@ -31,7 +31,7 @@ COMMANDS = ("train", "predict", "eval", "convert", "export", "summary", "demo")
 # An optional dependency that is missing -> the extra that brings it, per command: tqdm and
 # orbax come with both `train` and `zoo`, and the README names `zoo` for predict, eval,
 # convert and export (its --weights and --checkpoint); "*" is every other command.
-_ZOO = {"tqdm": "zoo", "orbax": "zoo"}
+_ZOO = {"tqdm": "zoo", "orbax": "zoo", "huggingface_hub": "zoo"}
 _EXTRAS: dict[str, dict[str, str]] = {
     "*": {
         "tqdm": "train",
@@ -39,6 +39,7 @@ _EXTRAS: dict[str, dict[str, str]] = {
         "matplotlib": "train",
         "orbax": "train",
         "safetensors": "zoo",
+        "huggingface_hub": "zoo",  # a tag's weights fetched by name (train's --model TAG)
         "torch": "timm",
         "jax2onnx": "export",
         "onnx": "export",

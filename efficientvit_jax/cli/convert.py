@@ -3,7 +3,8 @@
     efficientvit-jax convert --model efficientvit_b1 --input model.safetensors --output out/
 
 writes ``out/variables`` and ``out/model.json`` (``efficientvit_jax.zoo.load_converted``
-reads them back). Nothing is downloaded.
+reads them back). Without ``--input``, the tag's published weights (from the Hugging Face
+Hub's cache, downloaded into it on first use).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="a timm checkpoint -> Flax variables saved with orbax")
     p.add_argument("--model", required=True, help="timm model name or tag, e.g. efficientvit_b1")
-    p.add_argument("--input", required=True, help=".safetensors or PyTorch zip checkpoint")
+    p.add_argument(
+        "--input",
+        help=".safetensors or PyTorch zip checkpoint (default: the tag's published weights, "
+        "from the Hugging Face Hub's cache)",
+    )
     p.add_argument("--output", required=True, help="directory to write (must be empty or new)")
     p.add_argument("--num-classes", type=int, default=None, help="if the head was re-sized")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --output")
@@ -40,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.force:
         raise ValueError(f"--output {args.output} is not empty (use --force to overwrite)")
+    if args.input is None:
+        from efficientvit_jax.zoo.hub import fetch_weights
+
+        args.input = fetch_weights(args.model)
     variables = load_timm_weights(args.input, args.model, **overrides)
     save_converted(out, variables, model=args.model, overrides=overrides, force=args.force)
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))

@@ -1,6 +1,7 @@
-"""``efficientvit-jax eval (--model TAG --weights FILE | --checkpoint RUN) --data DIR
+"""``efficientvit-jax eval (--model TAG [--weights FILE] | --checkpoint RUN) --data DIR
 [--batch-size N] [--json OUT]``: top-1, top-5 and mean loss on an image-folder tree (one
-subfolder per class; a run's classes are matched by name)."""
+subfolder per class; a run's classes are matched by name). Without ``--weights``, the tag's
+published weights (from the Hugging Face Hub's cache)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """``efficientvit-jax export``: a model -> one ONNX or StableHLO file that runs without the package.
 
-    efficientvit-jax export --format onnx --output b0.onnx --model efficientvit_b0 --weights b0.safetensors
+    efficientvit-jax export --format onnx --output b0.onnx --model efficientvit_b0.r224_in1k
     efficientvit-jax export --format stablehlo --output run.stablehlo --checkpoint runs/digits
     efficientvit-jax export --format onnx --output core.onnx --embed-dim 32 --seed 0
 
 The model comes from ``--model`` (a zoo name or timm tag, with ``--weights``: a timm file or a
-folder written by ``convert``), from ``--checkpoint`` (any ``train`` run, digits or folders,
+folder written by ``convert``; without it, the tag's published weights from the Hugging Face
+Hub's cache; ``--random-weights``: the model's own initialisation), from ``--checkpoint`` (any ``train`` run, digits or folders,
 builder or zoo model: ``load_run``; the newest intact step unless ``--step``, the EMA
 weights with ``--ema``; the file then carries the run's class names and data config), or
 else from the builder options with random weights (``--seed``). BatchNorms are folded
@@ -42,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("source (one of)")
     g.add_argument("--model", default=None, help="zoo model or timm tag, e.g. efficientvit_b0")
-    g.add_argument("--weights", default=None, help="timm .safetensors/.pth, or a `convert` folder")
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="timm .safetensors/.pth, or a `convert` folder (default: the tag's published "
+        "weights, from the Hugging Face Hub's cache)",
+    )
     g.add_argument("--random-weights", action="store_true", help="--model with random weights")
     g.add_argument(
         "--checkpoint", default=None, help="a `train` run folder (or checkpoints/, or a step)"
@@ -72,11 +78,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--model and --checkpoint are two sources; give one")
     if (args.weights or args.random_weights) and not args.model:
         raise ValueError("--weights and --random-weights go with --model NAME")
-    if args.model and bool(args.weights) == bool(args.random_weights):
-        raise ValueError(
-            f"--model {args.model} needs --weights FILE (timm file or `convert` folder), "
-            "or --random-weights to try things out"
-        )
+    if args.weights and args.random_weights:
+        raise ValueError("--weights and --random-weights are two sources of weights; give one")
     if (args.step is not None or args.ema) and not args.checkpoint:
         raise ValueError("--step and --ema go with --checkpoint RUN")
     source = "--model" if args.model else "--checkpoint" if args.checkpoint else None

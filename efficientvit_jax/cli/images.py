@@ -7,9 +7,13 @@ from typing import Any
 
 
 def add_pretrained_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (--model and --weights, or --checkpoint)")
+    g = p.add_argument_group("model (--model [--weights], or --checkpoint)")
     g.add_argument("--model", help="zoo name or pretrained tag, e.g. efficientvit_b1.r288_in1k")
-    g.add_argument("--weights", help="timm checkpoint (.safetensors, .pth) or a convert folder")
+    g.add_argument(
+        "--weights",
+        help="timm checkpoint (.safetensors, .pth) or a convert folder "
+        "(default: the tag's published weights, from the Hugging Face Hub's cache)",
+    )
     g.add_argument(
         "--num-classes", type=int, default=None, help="classifier outputs if not the tag's 1000"
     )
@@ -28,7 +32,8 @@ def add_checkpoint_flags(g: Any) -> None:
 
 
 def check_source(args: argparse.Namespace) -> None:
-    """One source of weights: ``--checkpoint`` alone, or ``--model`` with ``--weights``."""
+    """One source of weights: ``--checkpoint`` alone, or ``--model`` (with ``--weights``, or
+    the tag's published weights)."""
     if args.checkpoint is not None:
         given = [f for f in ("model", "weights", "num_classes") if getattr(args, f) is not None]
         if given:
@@ -38,9 +43,11 @@ def check_source(args: argparse.Namespace) -> None:
     for flag in ("step", "ema"):
         if getattr(args, flag):
             raise ValueError(f"--{flag} goes with --checkpoint RUN")
-    if args.model is None or args.weights is None:
+    if args.model is None:
+        what = "--weights goes with --model NAME; give" if args.weights is not None else "give"
         raise ValueError(
-            "give --checkpoint RUN (a `train` run), or --model NAME with --weights FILE"
+            f"{what} --checkpoint RUN (a `train` run), or --model TAG (its published weights, "
+            "or --weights FILE)"
         )
 
 
@@ -56,8 +63,9 @@ def check_counts(args: argparse.Namespace) -> None:
 
 def load_classifier(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
     """``(Classifier, transform, class names)`` for ``--checkpoint`` (the run's model, data
-    config and classes) or ``--model``/``--weights`` (the tag's data config, in the model's
-    input layout; ImageNet's names for a 1000-way head)."""
+    config and classes) or ``--model`` with ``--weights`` or the tag's published weights
+    (the tag's data config, in the model's input layout; ImageNet's names for a 1000-way
+    head)."""
     from efficientvit_jax.data import create_transform, resolve_data_config
     from efficientvit_jax.inference import Classifier, load_pretrained
 

@@ -1,5 +1,7 @@
-"""``efficientvit-jax predict IMAGE|DIR... (--model TAG --weights FILE | --checkpoint RUN)
-[--top 5] [--json]``: the top classes of each image (a run's own class names)."""
+"""``efficientvit-jax predict IMAGE|DIR... (--model TAG [--weights FILE] | --checkpoint RUN)
+[--top 5] [--json]``: the top classes of each image (a run's own class names). Without
+``--weights``, the tag's published weights (downloaded into the Hugging Face Hub's cache on
+first use)."""
 
 from __future__ import annotations
 

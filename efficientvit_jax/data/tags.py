@@ -38,6 +38,8 @@ class PretrainedTag:
       crop_mode: timm's ``crop_mode`` (``"center"``).
       top1: published ImageNet-1k top-1 (%), or ``None`` where no source gives one.
       top1_source: where ``top1`` is quoted from.
+      hf_hub_id: the Hugging Face Hub repository of the weights (``None``: none published).
+      hf_hub_filename: the file in that repository (timm's ``model.safetensors``).
     """
 
     model: str
@@ -51,6 +53,8 @@ class PretrainedTag:
     crop_mode: str = "center"
     top1: float | None = None
     top1_source: str | None = None
+    hf_hub_id: str | None = None
+    hf_hub_filename: str = "model.safetensors"
 
     @property
     def name(self) -> str:
@@ -68,11 +72,33 @@ def _mit(model: str, res: int, crop_pct: float, top1: float | None, crop_ratio: 
     src = None
     if top1 is not None:
         src = _MIT_EVAL.format(model.replace("_", "-"), res, res, crop_ratio)
-    return PretrainedTag(model, f"r{res}_in1k", (3, res, res), crop_pct, top1=top1, top1_source=src)
+    tag = f"r{res}_in1k"
+    return PretrainedTag(
+        model, tag, (3, res, res), crop_pct, top1=top1, top1_source=src, hf_hub_id=_timm(model, tag)
+    )
 
 
 def _msra(model: str, top1: float) -> PretrainedTag:
-    return PretrainedTag(model, "r224_in1k", (3, 224, 224), 0.875, top1=top1, top1_source=_MSRA_ZOO)
+    return PretrainedTag(
+        model, "r224_in1k", (3, 224, 224), 0.875, top1=top1, top1_source=_MSRA_ZOO,
+        hf_hub_id=_timm(model, "r224_in1k"),
+    )  # fmt: skip
+
+
+def _timm(model: str, tag: str) -> str:
+    # timm publishes every tag as its own repository holding ``model.safetensors``
+    # (``pretrained_cfg.hf_hub_id``, e.g. ``timm/efficientvit_b1.r288_in1k``).
+    return f"timm/{model}.{tag}"
+
+
+# MIT's own checkpoints on the Hub, for the issues that will read them (their conversion is
+# not written yet, so no tag points at them): segmentation ``efficientvit_seg_<variant>_
+# <dataset>.pt``, SAM ``efficientvit_sam_<variant>.pt``, classification.
+MIT_HUB = {
+    "seg": ("han-cai/efficientvit-seg", "efficientvit_seg_{variant}_{dataset}.pt"),
+    "sam": ("mit-han-lab/efficientvit-sam", "efficientvit_sam_{variant}.pt"),
+    "cls": ("han-cai/efficientvit-cls", None),
+}
 
 
 # In timm's order: a bare model name means its first tag, as in timm.

@@ -87,7 +87,9 @@ def from_zoo(
     Args:
       name: a zoo name (``efficientvit_b0``) or a timm tag, passed on to ``create_model``.
       weights: a timm checkpoint (``.safetensors`` or PyTorch zip) or a folder written by
-        ``efficientvit-jax convert``. A checkpoint of another variant is refused.
+        ``efficientvit-jax convert``. A checkpoint of another variant is refused. ``None``
+        (and not ``random_weights``): the tag's published weights, from the Hugging Face
+        Hub's cache (``zoo.hub``).
       random_weights: no ``weights``: the model's own initialisation (``seed``).
       image_size: the exported input's side (default: the tag's resolution, the config's
         ``img_size``, else 224).
@@ -96,8 +98,12 @@ def from_zoo(
     from efficientvit_jax.zoo import create_model
     from efficientvit_jax.zoo.converted import load_converted_as
 
+    if weights is not None and random_weights:
+        raise ValueError(f"model {name!r}: a weights file or random weights, not both")
     if weights is None and not random_weights:
-        raise ValueError(f"model {name!r}: no weights given (a weights file, or random weights)")
+        from efficientvit_jax.zoo.hub import fetch_weights
+
+        weights = fetch_weights(name)
     if weights is not None and os.path.isdir(weights):
         module, variables = load_converted_as(name, weights, **overrides)
     else:

@@ -345,7 +345,9 @@ class Checkpointer:
     def _set_aside_damaged(self) -> None:
         """Rename skipped damaged steps so that orbax no longer sees them as steps: kept
         for inspection, out of the way of this run's saves and of ``max_to_keep``."""
-        for step in sorted(self._damaged):
+        # One process renames (on a shared disk several would race for the same folder);
+        # the others wait for it before orbax looks at the folder again.
+        for step in sorted(self._damaged) if jax.process_index() == 0 else ():
             src = os.path.join(self.directory, str(step))
             if not os.path.isdir(src):
                 continue
@@ -354,6 +356,10 @@ class Checkpointer:
                 dst, n = f"{src}.damaged-{n}", n + 1
             os.replace(src, dst)
             log.warning("moved damaged checkpoint %s aside to %s", src, dst)
+        if self._damaged and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("efficientvit_jax: damaged steps set aside")
         if self._damaged and self._manager is not None:
             self._manager.reload()
         self._damaged.clear()
@@ -433,6 +439,11 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {where} was saved with another config; differs in " + "; ".join(diffs)
             )
+        if abstract is None:
+            abstract = _orbax_call(lambda: self._saved_layout(step), "array metadata")
+        if abstract is None:  # as saved, but on this process's first device (see below)
+            where = os.path.join(self.directory, str(step), "state")
+            abstract = _orbax_call(lambda: _on_first_device(where), "arrays")
         state = _orbax_call(
             lambda: mgr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -452,11 +463,46 @@ class Checkpointer:
             raise _DamagedError(f"array {bad[0]} fails its {CHECKSUM_ALGORITHM} checksum{more}")
         return state, dict(meta.get("extra") or {}), True
 
+    def _saved_layout(self, step: int) -> Any:
+        """The saved state's arrays (shapes, dtypes) placed whole on this process's first
+        device: a checkpoint written on a mesh or by several processes reads anywhere."""
+        from etils import epath
+
+        meta = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state"
+        )
+        tree = getattr(meta, "item_metadata", meta)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def leaf(m: Any) -> Any:
+            if hasattr(m, "shape") and hasattr(m, "dtype"):
+                return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+            return m
+
+        return jax.tree.map(leaf, tree, is_leaf=lambda m: hasattr(m, "shape"))
+
     def close(self) -> None:
         """Release orbax's resources."""
         if self._manager is not None:
             self._manager.close()
             self._manager = None
+
+
+def _on_first_device(directory: str) -> Any:
+    """The shapes and dtypes of the arrays saved in ``directory`` (a step's ``state``), on
+    this process's first device. Without a target orbax restores each array with the
+    sharding it was saved with, which fails ("topology mismatch") for a checkpoint saved on
+    a mesh of other devices than this process's, e.g. by a 2-device run, read on one."""
+    tree = ocp.StandardCheckpointHandler().metadata(directory)
+    tree = getattr(tree, "tree", tree)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(m: Any) -> Any:
+        if hasattr(m, "shape") and hasattr(m, "dtype"):
+            return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one)
+        return m
+
+    return jax.tree.map(leaf, tree)
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,11 +1,13 @@
 """The published EfficientViT models with timm's names and weights.
 
 Importing this package registers every family. ``create_model``,
-``list_models`` and ``load_timm_weights`` are the entry points.
+``list_models``, ``load_timm_weights`` and ``load_pretrained`` (a tag's published weights,
+from the Hugging Face Hub: ``zoo.hub``) are the entry points.
 """
 
 from efficientvit_jax.zoo import mit, msra  # noqa: F401  (importing registers the variants)
 from efficientvit_jax.zoo.converted import is_converted, load_converted, save_converted
+from efficientvit_jax.zoo.hub import load_pretrained
 from efficientvit_jax.zoo.registry import (
     ModelEntry,
     create_model,
@@ -24,6 +26,7 @@ __all__ = [
     "is_converted",
     "list_models",
     "load_converted",
+    "load_pretrained",
     "load_timm_backbone",
     "load_timm_weights",
     "save_converted",

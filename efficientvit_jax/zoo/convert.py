@@ -43,9 +43,13 @@ def load_state_dict(source: str | os.PathLike | StateDict) -> dict[str, np.ndarr
         if not os.path.isfile(path):
             raise ValueError(f"checkpoint file not found: {path}")
         if path.endswith(".safetensors"):
+            from safetensors import SafetensorError
             from safetensors.numpy import load_file
 
-            sd = load_file(path)
+            try:
+                sd = load_file(path)
+            except SafetensorError as e:  # truncated or not safetensors at all
+                raise ValueError(f"{path}: not a safetensors checkpoint ({e})") from None
         elif zipfile.is_zipfile(path):
             import torch
 

@@ -90,11 +90,20 @@ def get_config(name: str, **overrides: Any) -> Any:
     return cfg
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> Any:
     """A Flax module for a timm-named variant or pretrained tag, e.g.
     ``create_model("efficientvit_b1.r288_in1k")`` or ``create_model("efficientvit_b1",
-    num_classes=10)``."""
-    return get_entry(name).module(get_config(name, **overrides))
+    num_classes=10)``.
+
+    With ``pretrained=True``, ``(module, variables)``: the tag's published weights (a bare
+    name: its first tag), fetched from the Hugging Face Hub into its cache on first use
+    (``zoo.hub.load_pretrained``)."""
+    module = get_entry(name).module(get_config(name, **overrides))
+    if not pretrained:
+        return module
+    from efficientvit_jax.zoo.hub import load_pretrained
+
+    return module, load_pretrained(name, **overrides)
 
 
 def load_timm_weights(source: str | StateDict, name: str, **overrides: Any) -> dict[str, Any]:
