@@ -213,16 +213,12 @@ def train_classifier(
     step = int(jax.device_get(state.step))
     metrics = {
         **{f"test_{k}": v for k, v in final.items()},
-        "step": step,
-        "total_steps": total,
-        "epochs_completed": step // spe,
-        "wall_time_s": time.perf_counter() - t_start,
-        "steps_this_run": step - start_step,
+        "step": step, "total_steps": total, "epochs_completed": step // spe,
+        "wall_time_s": time.perf_counter() - t_start, "steps_this_run": step - start_step,
         "backend": jax.default_backend(),
         "config": run_info if run_info is not None else config.to_dict(),
-        "history": log.history,
-        "step_losses": log.step_losses,
-    }
+        "history": log.history, "step_losses": log.step_losses,
+    }  # fmt: skip
     if "ema_accuracy" in final:
         metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
     if main:  # every process computed the same metrics; checkpoints were saved by all

@@ -31,6 +31,9 @@ def test_data_config_equals_timms(timm_data: Any, tag: str) -> None:
     expected = timm_data.data.resolve_data_config(pretrained_cfg=cfg)
     assert resolve_data_config(tag).to_dict() == expected
     assert get_tag(tag).num_classes == cfg["num_classes"]
+    # Where timm downloads the tag's weights from: the repository our table names.
+    assert get_tag(tag).hf_hub_id == cfg["hf_hub_id"]
+    assert get_tag(tag).hf_hub_filename == (cfg.get("hf_hub_filename") or "model.safetensors")
 
 
 def test_bare_name_is_the_first_tag_and_unknown_tags_are_named() -> None:
