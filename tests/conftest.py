@@ -6,6 +6,7 @@ parameters, not the initialisers' own, fill the abstract tree from NumPy.
 """
 
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -18,6 +19,17 @@ import pytest
 # tolerance). EVIT_TEST_FULL_OPT=1 runs the suite with them on.
 if os.environ.get("EVIT_TEST_FULL_OPT") != "1":
     jax.config.update("jax_disable_most_optimizations", True)
+
+# One persistent compilation cache for the run: the pytest-xdist workers and every subprocess
+# a test starts (they inherit the environment) compile many of the same programs (the tiny
+# training runs, the zoo models in a fresh process). Keyed by the program and the flags, so a
+# stale entry cannot be read; EVIT_TEST_XLA_CACHE="" turns it off.
+_CACHE = os.environ.setdefault(
+    "EVIT_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "efficientvit-jax-test-xla-cache")
+)
+if _CACHE:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+    jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
 def _random_variables(model, x, seed=0, scale=0.3):

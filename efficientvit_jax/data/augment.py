@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from efficientvit_jax.data.image import center_crop, normalize, resize_shorter
+
 Interpolation = str | Sequence[str]
 
 _RESAMPLE = {
@@ -134,16 +136,12 @@ def resize_center_crop(
     ``floor(size / crop_pct)`` (the longer side in proportion, truncated as torchvision
     does), then the centre ``size`` crop. (For a non-square size timm matches the shorter
     side of the ratio instead; the shorter image side is used here.)"""
-    from efficientvit_jax.data.transforms import center_crop, resize_shorter
-
     img = resize_shorter(img, math.floor(min(size) / crop_pct), interpolation)
     return Image.fromarray(center_crop(np.asarray(img), *size))
 
 
 def to_normalized(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """float32 HxWxC: pixels / 255, minus ``mean``, over ``std`` (per channel)."""
-    from efficientvit_jax.data.transforms import normalize
-
     pixels = np.asarray(img)
     return normalize(pixels[:, :, None] if pixels.ndim == 2 else pixels, mean, std)
 

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from efficientvit_jax.data.image import (  # also reachable as data.transforms.*
+    center_crop,
+    load_image,
+    normalize,
+    resampling,
+    resize_shorter,
+)
 from efficientvit_jax.data.tags import get_tag
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
@@ -112,73 +118,6 @@ def resolve_data_config(name_or_tag: str, **overrides: Any) -> DataConfig:
     return dataclasses.replace(base, **overrides)
 
 
-def load_image(source: Any) -> Any:
-    """A PIL RGB image from a path, a PIL image or a uint8 array (``HW``, ``HWC`` with 1, 3 or
-    4 channels). Like timm's loader: ``Image.open(path).convert("RGB")``, so grey, palette,
-    RGBA (alpha dropped) and CMYK files all work. An unreadable file raises ``ValueError``
-    naming it."""
-    from PIL import Image
-
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")  # convert() loads every pixel: truncation shows here
-        except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "not an image"
-            raise ValueError(f"cannot read image {path}: {' '.join(str(e).split())}") from e
-    arr = np.asarray(source)
-    if (
-        arr.dtype != np.uint8
-        or arr.ndim not in (2, 3)
-        or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4))
-    ):
-        raise ValueError(
-            f"an image array must be uint8 [H, W] or [H, W, 1|3|4], got {arr.dtype} {arr.shape}"
-        )
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    return Image.fromarray(arr).convert("RGB")
-
-
-def _resampling(name: str) -> Any:
-    from PIL import Image
-
-    return getattr(Image.Resampling, name.upper())
-
-
-def resize_shorter(img: Any, size: int, interpolation: str) -> Any:
-    """Shorter side to ``size``, the longer in proportion (truncated), as torchvision's
-    ``Resize(int)``; an image already that size is returned as it is."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_w, new_h) == (w, h):
-        return img
-    return img.resize((new_w, new_h), _resampling(interpolation))
-
-
-def center_crop(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The centre ``height x width`` of an ``[H, W, C]`` array, zero-padded first where the
-    image is smaller (torchvision's ``CenterCrop`` rounding and padding)."""
-    h, w = arr.shape[:2]
-    if height > h or width > w:
-        top, left = max(height - h, 0) // 2, max(width - w, 0) // 2
-        bottom, right = max(height - h, 0) - top, max(width - w, 0) - left
-        arr = np.pad(arr, ((top, bottom), (left, right), (0, 0)))
-        h, w = arr.shape[:2]
-    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
-    return arr[top : top + height, left : left + width]
-
-
-def normalize(pixels: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """uint8 ``[H, W, C]`` -> float32 ``(x / 255 - mean) / std`` (torch's ToTensor+Normalize)."""
-    x = pixels.astype(np.float32) / np.float32(255.0)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
     """``source -> float32`` model input (``[C, H, W]`` or ``[H, W, C]``); see the module."""
@@ -192,7 +131,7 @@ class EvalTransform:
         if c.crop_mode == "squash":
             size = (math.floor(w / c.crop_pct), math.floor(h / c.crop_pct))
             if img.size != size:
-                img = img.resize(size, _resampling(c.interpolation))
+                img = img.resize(size, resampling(c.interpolation))
         else:
             img = resize_shorter(img, math.floor(h / c.crop_pct), c.interpolation)
         arr = np.asarray(img)

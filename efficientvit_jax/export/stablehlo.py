@@ -52,7 +52,7 @@ def export_stablehlo(
 
     atomic_write(path, write)
     if model.metadata:  # the serialized Exported has no free-form fields: a file beside it
-        text = json.dumps(model.metadata, indent=1)
+        text = json.dumps({k: _json_value(v) for k, v in model.metadata.items()}, indent=1)
 
         def write_meta(tmp: str) -> None:
             with open(tmp, "w") as f:
@@ -63,3 +63,12 @@ def export_stablehlo(
         path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=len(data),
         folded_batchnorms=folded, platforms=list(exported.platforms),
     )  # fmt: skip
+
+
+def _json_value(text: str) -> object:
+    """A metadata value as the JSON it holds (ONNX metadata are strings; a JSON file need
+    not nest JSON in strings), else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -192,7 +192,7 @@ def _mute_closed_loop_callbacks() -> None:
 
 
 @contextlib.contextmanager
-def _quiet_failed_reads() -> Iterator[None]:
+def _quiet_failed_reads() -> Iterator[dict[str, bool]]:
     """Keep orbax's asyncio debris off stderr while it reads a checkpoint.
 
     Orbax runs each restore under ``asyncio.run`` with one task per array shard. When one
@@ -207,10 +207,12 @@ def _quiet_failed_reads() -> Iterator[None]:
     """
     asyncio_log = logging.getLogger("asyncio")
     asyncio_log.addFilter(_drop)
+    read = {"failed": True}  # the caller clears it when the read succeeded
     try:
-        yield
+        yield read
     finally:
-        gc.collect()
+        if read["failed"]:  # only a failed read leaves tasks to collect (a collection costs)
+            gc.collect()
         asyncio_log.removeFilter(_drop)
 
 
@@ -221,9 +223,11 @@ def _orbax_call(fn: Callable[[], Any], what: str) -> Any:
     which would report themselves on stderr whenever the caller drops the error.
     """
     reason = None
-    with _quiet_failed_reads():
+    with _quiet_failed_reads() as read:
         try:
-            return fn()
+            out = fn()
+            read["failed"] = False
+            return out
         except Exception as e:
             _mute_closed_loop_callbacks()
             reason = f"{what}: {_one_line(e)}"
@@ -441,9 +445,6 @@ class Checkpointer:
             )
         if abstract is None:
             abstract = _orbax_call(lambda: self._saved_layout(step), "array metadata")
-        if abstract is None:  # as saved, but on this process's first device (see below)
-            where = os.path.join(self.directory, str(step), "state")
-            abstract = _orbax_call(lambda: _on_first_device(where), "arrays")
         state = _orbax_call(
             lambda: mgr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -486,23 +487,6 @@ class Checkpointer:
         if self._manager is not None:
             self._manager.close()
             self._manager = None
-
-
-def _on_first_device(directory: str) -> Any:
-    """The shapes and dtypes of the arrays saved in ``directory`` (a step's ``state``), on
-    this process's first device. Without a target orbax restores each array with the
-    sharding it was saved with, which fails ("topology mismatch") for a checkpoint saved on
-    a mesh of other devices than this process's, e.g. by a 2-device run, read on one."""
-    tree = ocp.StandardCheckpointHandler().metadata(directory)
-    tree = getattr(tree, "tree", tree)
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def leaf(m: Any) -> Any:
-        if hasattr(m, "shape") and hasattr(m, "dtype"):
-            return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one)
-        return m
-
-    return jax.tree.map(leaf, tree)
 
 
 def _one_line(e: BaseException) -> str:

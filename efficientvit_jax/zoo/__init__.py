@@ -7,13 +7,13 @@ from the Hugging Face Hub: ``zoo.hub``) are the entry points.
 
 from efficientvit_jax.zoo import mit, msra  # noqa: F401  (importing registers the variants)
 from efficientvit_jax.zoo.converted import is_converted, load_converted, save_converted
-from efficientvit_jax.zoo.hub import load_pretrained
 from efficientvit_jax.zoo.registry import (
     ModelEntry,
     create_model,
     get_config,
     get_entry,
     list_models,
+    load_pretrained,
     load_timm_backbone,
     load_timm_weights,
 )

@@ -25,10 +25,7 @@ def hub_file(name: str) -> tuple[str, str]:
     """``(repository, filename)`` of the weights of tag ``name`` (a bare model name: its
     first tag, as in timm). A name without published weights raises ``ValueError`` naming
     the tags that have some."""
-    from efficientvit_jax.zoo.registry import get_entry
-
-    get_entry(name)  # an unknown model or tag lists the known ones
-    tag = _tags.get_tag(name)
+    tag = _tags.get_tag(name)  # an unknown model or tag lists the known ones
     if tag.hf_hub_id is None:
         have = [t.name for t in _tags.TAGS.values() if t.hf_hub_id is not None]
         raise ValueError(f"{tag.name}: no published weights; tags with weights: {', '.join(have)}")
@@ -111,19 +108,3 @@ def _cause(e: BaseException) -> str:
         e = inner
     first = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def load_pretrained(name: str, **overrides: Any) -> dict[str, Any]:
-    """The Flax variables (``params``, ``batch_stats``) of tag ``name``'s published weights,
-    fetched with ``fetch_weights`` and converted as ``load_timm_weights`` converts a file.
-    ``overrides``: config fields, as for ``create_model`` (``num_classes`` must be the
-    checkpoint's)."""
-    from efficientvit_jax.zoo.registry import load_timm_weights
-
-    path = fetch_weights(name)
-    repo, filename = hub_file(name)
-    try:
-        return load_timm_weights(path, name, **overrides)
-    except ValueError as e:
-        # A broken or foreign file in the cache stays there: say which it is and where.
-        raise ValueError(f"{name}: {repo} {filename} (cached at {path}): {e}") from None

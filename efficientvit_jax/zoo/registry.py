@@ -97,12 +97,10 @@ def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> An
 
     With ``pretrained=True``, ``(module, variables)``: the tag's published weights (a bare
     name: its first tag), fetched from the Hugging Face Hub into its cache on first use
-    (``zoo.hub.load_pretrained``)."""
+    (``load_pretrained``)."""
     module = get_entry(name).module(get_config(name, **overrides))
     if not pretrained:
         return module
-    from efficientvit_jax.zoo.hub import load_pretrained
-
     return module, load_pretrained(name, **overrides)
 
 
@@ -144,3 +142,19 @@ def load_timm_backbone(
         dropped = [k for _, k in e.problems]
     kept = {k: v for k, v in sd.items() if k not in set(dropped)}
     return entry.convert(kept, headless), dropped
+
+
+def load_pretrained(name: str, **overrides: Any) -> dict[str, Any]:
+    """The Flax variables (``params``, ``batch_stats``) of tag ``name``'s published weights,
+    fetched with ``fetch_weights`` and converted as ``load_timm_weights`` converts a file.
+    ``overrides``: config fields, as for ``create_model`` (``num_classes`` must be the
+    checkpoint's)."""
+    from efficientvit_jax.zoo.hub import fetch_weights, hub_file
+
+    path = fetch_weights(name)
+    repo, filename = hub_file(name)
+    try:
+        return load_timm_weights(path, name, **overrides)
+    except ValueError as e:
+        # A broken or foreign file in the cache stays there: say which it is and where.
+        raise ValueError(f"{name}: {repo} {filename} (cached at {path}): {e}") from None
