@@ -20,6 +20,20 @@ def elu_plus_one(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x + 1, jnp.exp(jnp.minimum(x, 0)))
 
 
+FeatureMap = Callable[[jax.Array], jax.Array]
+
+
+def _relu(x: jax.Array) -> jax.Array:
+    # ``jax.nn.relu`` looked up at call time, not stored: jax2onnx patches that attribute while
+    # exporting to emit one Relu node; a stored reference would trace to Max (and the Max/Min-
+    # free graph is what tests/test_export.py checks for the zoo models).
+    return jax.nn.relu(x)
+
+
+# By name, so that configs and callers need not import the functions: "elu1" is the core's
+# (Katharopoulos et al.), "relu" MIT EfficientViT's LiteMLA (timm's ``kernel_func``).
+FEATURE_MAPS: dict[str, FeatureMap] = {"elu1": elu_plus_one, "relu": _relu}
+
 DEFAULT_CHUNK = 4096
 
 
@@ -28,20 +42,27 @@ def linear_attention(
     k: jax.Array,
     v: jax.Array,
     *,
+    feature_map: str | FeatureMap = "elu1",
     eps: float = 1e-8,
     chunk_size: int | None = DEFAULT_CHUNK,
 ) -> jax.Array:
-    """Kernelised attention with the feature map ``phi = elu + 1``.
+    """Kernelised attention with a feature map ``phi`` (default ``elu + 1``).
 
     ``out[n] = phi(q[n]) @ (sum_m phi(k[m]) v[m]^T) / (phi(q[n]) . sum_m phi(k[m]) + eps)``
 
     The key sums are formed first, so time and memory grow linearly with the
     number of tokens; the n x n matrix is never built. No scaling, no mask.
+    With ``feature_map="relu", eps=1e-5`` this is MIT EfficientViT's LiteMLA
+    attention (timm pads ``v`` with a ones column so that one product gives both
+    the numerator and the normaliser, then adds ``eps`` to the normaliser: the
+    same quantity).
 
     Args:
       q: ``[..., n, d]`` queries.
       k: ``[..., m, d]`` keys.
       v: ``[..., m, e]`` values.
+      feature_map: ``"elu1"``, ``"relu"`` (``FEATURE_MAPS``) or a callable,
+        applied element-wise to ``q`` and ``k`` after their cast to float32.
       eps: added to the normaliser.
       chunk_size: with more than twice this many tokens, keys and queries are
         processed this many at a time in a loop, so that each chunk's feature
@@ -67,8 +88,20 @@ def linear_attention(
         )
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"linear_attention: chunk_size must be >= 1 or None, got {chunk_size}")
-    kv, k_sum = _key_sums(k, v, chunk_size)
-    return _queries(q, kv, k_sum, eps, v.dtype, chunk_size)
+    phi = _resolve_feature_map(feature_map)
+    kv, k_sum = _key_sums(k, v, phi, chunk_size)
+    return _queries(q, kv, k_sum, phi, eps, v.dtype, chunk_size)
+
+
+def _resolve_feature_map(feature_map: str | FeatureMap) -> FeatureMap:
+    if callable(feature_map):
+        return feature_map
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(
+            f"linear_attention: feature_map must be a callable or one of "
+            f"{sorted(FEATURE_MAPS)}, got {feature_map!r}"
+        )
+    return FEATURE_MAPS[feature_map]
 
 
 def _chunks(n: int, chunk_size: int | None) -> tuple[int, int]:
@@ -78,14 +111,22 @@ def _chunks(n: int, chunk_size: int | None) -> tuple[int, int]:
     return n // chunk_size, chunk_size
 
 
-def _key_sums(k: jax.Array, v: jax.Array, chunk_size: int | None) -> tuple[jax.Array, jax.Array]:
-    """``sum_m phi(k[m]) v[m]^T`` ``[..., d, e]`` and ``sum_m phi(k[m])`` ``[..., d]``, float32."""
+def _key_sums(
+    k: jax.Array, v: jax.Array, phi: FeatureMap, chunk_size: int | None
+) -> tuple[jax.Array, jax.Array]:
+    """``sum_m phi(k[m]) v[m]^T`` ``[..., d, e]`` and ``sum_m phi(k[m])`` ``[..., 1, d]``, float32.
+
+    The key sum keeps its token axis so that the normaliser's product takes it transposed:
+    a Transpose in ONNX, where ``[..., None]`` is a Reshape to a shape computed from the
+    symbolic batch (Shape, Gather, Concat, Expand nodes per attention).
+    """
     f32 = jnp.float32
 
     def sums(kc: jax.Array, vc: jax.Array) -> tuple[jax.Array, jax.Array]:
-        phi = elu_plus_one(kc.astype(f32))
-        # matmuls, not einsums: ONNX MatMul nodes when exported (see zoo.mit.relu_linear_attention)
-        return jnp.swapaxes(phi, -1, -2) @ vc.astype(f32), jnp.sum(phi, axis=-2)
+        pk = phi(kc.astype(f32))
+        # Matmuls, not einsums: the same dot_generals for XLA, and ONNX MatMul nodes when
+        # exported (jax2onnx writes jnp.einsum as Einsum, several times slower in onnxruntime).
+        return jnp.swapaxes(pk, -1, -2) @ vc.astype(f32), jnp.sum(pk, axis=-2, keepdims=True)
 
     m = k.shape[-2]
     full, c = _chunks(m, chunk_size)
@@ -100,7 +141,7 @@ def _key_sums(k: jax.Array, v: jax.Array, chunk_size: int | None) -> tuple[jax.A
         return acc[0] + kv, acc[1] + ks
 
     lead, d, e = k.shape[:-2], k.shape[-1], v.shape[-1]
-    init = (jnp.zeros((*lead, d, e), f32), jnp.zeros((*lead, d), f32))
+    init = (jnp.zeros((*lead, d, e), f32), jnp.zeros((*lead, 1, d), f32))
     kv, ks = lax.fori_loop(0, full, body, init)
     if full * c < m:  # the remainder, a static slice
         kv_r, ks_r = sums(k[..., full * c :, :], v[..., full * c :, :])
@@ -109,14 +150,20 @@ def _key_sums(k: jax.Array, v: jax.Array, chunk_size: int | None) -> tuple[jax.A
 
 
 def _queries(
-    q: jax.Array, kv: jax.Array, k_sum: jax.Array, eps: float, dtype: Any, chunk_size: int | None
+    q: jax.Array,
+    kv: jax.Array,
+    k_sum: jax.Array,
+    phi: FeatureMap,
+    eps: float,
+    dtype: Any,
+    chunk_size: int | None,
 ) -> jax.Array:
     """Each query's normalised read of the key sums, cast to ``dtype``."""
 
     def read(qc: jax.Array) -> jax.Array:
-        phi = elu_plus_one(qc.astype(jnp.float32))
-        num = phi @ kv
-        den = phi @ k_sum[..., None] + eps
+        pq = phi(qc.astype(jnp.float32))
+        num = pq @ kv
+        den = pq @ jnp.swapaxes(k_sum, -1, -2) + eps
         return (num / den).astype(dtype)
 
     n = q.shape[-2]

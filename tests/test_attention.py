@@ -146,3 +146,37 @@ def test_chunked_loop_equals_one_pass_and_quadratic_formula(n, m):
     np.testing.assert_allclose(grads, ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         ev.linear_attention(q, k, v, chunk_size=0)
+
+
+def lite_mla_reference(q, k, v, eps=1e-5):
+    """timm's LiteMLA attention in float64: relu kernels, ``v`` padded with a ones column so
+    that the last output column is the normaliser, ``eps`` added to it."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    q, k = np.maximum(q, 0.0), np.maximum(k, 0.0)
+    v = np.concatenate([v, np.ones((*v.shape[:-1], 1))], axis=-1)
+    out = q @ (np.swapaxes(k, -1, -2) @ v)
+    return out[..., :-1] / (out[..., -1:] + eps)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 8])
+@pytest.mark.parametrize("feature_map", ["relu", jax.nn.relu], ids=["name", "callable"])
+def test_relu_variant_equals_timm_lite_mla_formula(chunk_size, feature_map):
+    # n = m = 37 with chunk_size 8: four full chunks in the loop and a remainder. Query row 0
+    # is all negative: relu zeroes it, and eps turns 0/0 into 0 as in timm. Row 1 keeps one
+    # tiny feature, so that its normaliser is only ~100x eps: a wrong eps, or eps put
+    # anywhere but the normaliser, moves it by far more than the tolerance.
+    kq, kk, kv = jax.random.split(jax.random.key(11), 3)
+    q = jax.random.normal(kq, (2, 3, 37, 16)).at[0, 0, :2].set(-1.0).at[0, 0, 1, 0].set(1e-4)
+    k = jax.random.normal(kk, (2, 3, 37, 16))
+    v = jax.random.normal(kv, (2, 3, 37, 16))
+    out = ev.linear_attention(q, k, v, feature_map=feature_map, eps=1e-5, chunk_size=chunk_size)
+    assert out.dtype == jnp.float32
+    # float32 sums against float64: rtol 1e-5 as for the elu+1 reference above
+    np.testing.assert_allclose(out, lite_mla_reference(q, k, v), rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(out[0, 0, 0]) == 0)
+
+
+def test_unknown_feature_map_is_rejected():
+    x = jnp.ones((4, 3))
+    with pytest.raises(ValueError, match="feature_map"):
+        ev.linear_attention(x, x, x, feature_map="softmax")

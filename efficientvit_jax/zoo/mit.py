@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientvit_jax import layers
+from efficientvit_jax.attention import DEFAULT_CHUNK, linear_attention
 from efficientvit_jax.ops import DWConvImpl
 from efficientvit_jax.zoo.common import TorchBatchNorm
 from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel
@@ -332,29 +333,23 @@ class ConvBlock(nn.Module):
 
 
 def relu_linear_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, eps: float = 1e-5
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    eps: float = 1e-5,
+    chunk_size: int | None = DEFAULT_CHUNK,
 ) -> jax.Array:
-    """LiteMLA's attention: ``relu(q) (sum_m relu(k_m) v_m^T) / (relu(q) . sum_m relu(k_m) + eps)``.
+    """LiteMLA's attention: ``linear_attention(..., feature_map="relu", eps=eps)``.
 
-    Args:
-      q, k: ``[..., n, d]``; v: ``[..., n, e]`` (tokens on axis -2).
-      eps: added to the normaliser (timm: 1e-5).
-
-    Returns:
-      ``[..., n, e]`` in ``v``'s dtype. The sums and the division run in float32
-      (as timm does under autocast): bf16/fp16 sums over many tokens overflow
-      or lose the normaliser.
+    ``relu(q) (sum_m relu(k_m) v_m^T) / (relu(q) . sum_m relu(k_m) + eps)``, tokens
+    on axis -2, sums and division in float32, result in ``v``'s dtype. Kept for
+    callers of the name; the leading axes broadcast against each other, as they
+    did before the core's function (which wants one rank) took this over.
     """
-    f32 = jnp.float32
-    q = jax.nn.relu(q.astype(f32))
-    k = jax.nn.relu(k.astype(f32))
-    # Matmuls rather than einsums: the same dot_generals for XLA, and ONNX MatMul nodes when
-    # exported (jax2onnx writes jnp.einsum as Einsum, several times slower in onnxruntime).
-    kv = jnp.swapaxes(k, -1, -2) @ v.astype(f32)
-    k_sum = jnp.sum(k, axis=-2, keepdims=True)  # [..., 1, d]
-    num = q @ kv
-    den = q @ jnp.swapaxes(k_sum, -1, -2) + eps
-    return (num / den).astype(v.dtype)
+    lead = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q, k, v = (jnp.broadcast_to(a, (*lead, *a.shape[-2:])) for a in (q, k, v))
+    return linear_attention(q, k, v, feature_map="relu", eps=eps, chunk_size=chunk_size)
 
 
 class Aggregation(nn.Module):
@@ -406,7 +401,10 @@ class LiteMLA(nn.Module):
             for i, s in enumerate(cfg.attn_scales)
         ]
         t = jnp.concatenate(multi, axis=0).reshape(-1, 3, b, h * w, d)
-        out = relu_linear_attention(t[:, 0], t[:, 1], t[:, 2], eps=cfg.attn_eps)  # [G, b, n, d]
+        # tokens of one image on axis -2, as linear_attention wants: no transpose in, and
+        # its chunking applies per image at large (segmentation) resolutions
+        q, k, v = t[:, 0], t[:, 1], t[:, 2]
+        out = linear_attention(q, k, v, feature_map="relu", eps=cfg.attn_eps)  # [G, b, n, d]
         out = out.transpose(1, 2, 0, 3).reshape(b, h, w, -1)  # channel = group * d + i
         return ConvNormAct(self.features, 1, config=cfg, name="proj")(out, train=train)
 
