@@ -90,18 +90,33 @@ class EfficientViTConfig:
     remat: str = "none"
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        # In this order: the stage widths need embed_dim, the FFN width needs the stages.
+        self._check_sizes()
+        self._check_stages()
+        self._check_mlp_ratio()
+        self._check_choices()
+        self._check_dtypes()
+        self._check_training()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # the dataclass is frozen: normalise in place
+
+    def _check_sizes(self) -> None:
+        """The image, patch and first-stage sizes: ints > 0, the patches tiling the image."""
         for name in ("image_size", "patch_size", "in_channels", "embed_dim"):
             v = getattr(self, name)
             if not _is_int(v) or v <= 0:
                 raise _fail(name, v, "must be an int > 0")
-            set_(name, int(v))
+            self._set(name, int(v))
         if self.image_size % self.patch_size:
             raise _fail(
                 "image_size",
                 self.image_size,
                 f"must be divisible by patch_size={self.patch_size}",
             )
+
+    def _check_stages(self) -> None:
+        """``depths`` and ``num_heads``: one int entry per stage, the heads dividing widths."""
         for name in ("depths", "num_heads"):
             v = getattr(self, name)
             if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Sequence):
@@ -110,7 +125,7 @@ class EfficientViTConfig:
                 raise _fail(name, v, "must be non-empty")
             if not all(_is_int(d) and d >= 1 for d in v):
                 raise _fail(name, v, "every entry must be an int >= 1")
-            set_(name, tuple(int(d) for d in v))
+            self._set(name, tuple(int(d) for d in v))
         if len(self.num_heads) != len(self.depths):
             raise _fail(
                 "num_heads",
@@ -125,26 +140,35 @@ class EfficientViTConfig:
                     self.num_heads,
                     f"stage {i} has width {d} (embed_dim * 2**{i}), not divisible by {h} heads",
                 )
+
+    def _check_mlp_ratio(self) -> None:
+        """A finite float > 0 that gives the first stage an FFN of at least one unit."""
         r = self.mlp_ratio
         if not (_is_int(r) or isinstance(r, (float, np.floating))) or isinstance(r, bool):
             raise _fail("mlp_ratio", r, "must be a float > 0")
         if not math.isfinite(r) or r <= 0:
             raise _fail("mlp_ratio", r, "must be a finite float > 0")
-        set_("mlp_ratio", float(r))
+        self._set("mlp_ratio", float(r))
         if round_half_away(self.dims[0] * self.mlp_ratio) < 1:
             raise _fail(
                 "mlp_ratio",
                 r,
                 f"gives an FFN hidden width round({self.dims[0]} * {r}) < 1",
             )
+
+    def _check_choices(self) -> None:
+        """The head's size and the named choices of layout and data format."""
         if self.num_classes is not None:
             if not _is_int(self.num_classes) or self.num_classes < 1:
                 raise _fail("num_classes", self.num_classes, "must be None or an int >= 1")
-            set_("num_classes", int(self.num_classes))
+            self._set("num_classes", int(self.num_classes))
         if self.layout not in LAYOUTS:
             raise _fail("layout", self.layout, f"must be one of {LAYOUTS}")
         if self.data_format not in DATA_FORMATS:
             raise _fail("data_format", self.data_format, f"must be one of {DATA_FORMATS}")
+
+    def _check_dtypes(self) -> None:
+        """Floating compute and parameter dtypes, normalised to ``jnp.dtype``."""
         for name in ("dtype", "param_dtype"):
             v = getattr(self, name)
             try:
@@ -153,11 +177,14 @@ class EfficientViTConfig:
                 raise _fail(name, v, "must be a floating dtype such as 'float32'") from e
             if not jnp.issubdtype(dt, jnp.floating):
                 raise _fail(name, v, "must be a floating dtype such as 'float32'")
-            set_(name, dt)
+            self._set(name, dt)
+
+    def _check_training(self) -> None:
+        """The options of the backward pass: drop-path rate and rematerialisation."""
         p = self.drop_path_rate
         if not isinstance(p, (int, float, np.floating)) or isinstance(p, bool) or not 0 <= p < 1:
             raise _fail("drop_path_rate", p, "must be a float in [0, 1)")
-        set_("drop_path_rate", float(p))
+        self._set("drop_path_rate", float(p))
         if self.remat not in REMAT_OPTIONS:
             raise _fail("remat", self.remat, f"must be one of {REMAT_OPTIONS}")
 

@@ -156,6 +156,32 @@ def edifice_forward(
 _AXON_TO_FLAX = {"kernel": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
 
 
+def _convert_layer(
+    name: str, given: Any, shapes: Mapping[str, tuple[int, ...]], dtype: Any, problems: list[str]
+) -> dict[str, jax.Array] | None:
+    """One Axon layer's arrays under their Flax names, in ``dtype``; what is wrong with it
+    goes to ``problems`` (all of it, so one error lists every problem), and ``None`` when
+    it is not a map at all."""
+    if not isinstance(given, Mapping):
+        problems.append(
+            f"layer {name!r}: expected a map of {sorted(shapes)}, got {type(given).__name__}"
+        )
+        return None
+    for key in sorted(set(given) - set(shapes)):
+        problems.append(f"unexpected parameter {name}.{key}")
+    layer = {}
+    for key, shape in shapes.items():
+        if key not in given:
+            problems.append(f"missing parameter {name}.{key} (shape {shape})")
+            continue
+        arr = np.asarray(given[key])
+        if arr.shape != shape:
+            problems.append(f"{name}.{key}: expected shape {shape}, given {arr.shape}")
+            continue
+        layer[_AXON_TO_FLAX[key]] = jnp.asarray(arr, dtype=dtype)
+    return layer
+
+
 def from_axon_params(params: Mapping[str, Any], config: EfficientViTConfig) -> dict[str, Any]:
     """Convert an Edifice/Axon parameter map into Flax variables for ``config``.
 
@@ -193,25 +219,9 @@ def from_axon_params(params: Mapping[str, Any], config: EfficientViTConfig) -> d
         if name not in params:
             problems.append(f"missing layer {name!r} (expects {sorted(shapes)})")
             continue
-        given = params[name]
-        if not isinstance(given, Mapping):
-            problems.append(
-                f"layer {name!r}: expected a map of {sorted(shapes)}, got {type(given).__name__}"
-            )
-            continue
-        for key in sorted(set(given) - set(shapes)):
-            problems.append(f"unexpected parameter {name}.{key}")
-        layer = {}
-        for key, shape in shapes.items():
-            if key not in given:
-                problems.append(f"missing parameter {name}.{key} (shape {shape})")
-                continue
-            arr = np.asarray(given[key])
-            if arr.shape != shape:
-                problems.append(f"{name}.{key}: expected shape {shape}, given {arr.shape}")
-                continue
-            layer[_AXON_TO_FLAX[key]] = jnp.asarray(arr, dtype=config.param_dtype)
-        out[name] = layer
+        layer = _convert_layer(name, params[name], shapes, config.param_dtype, problems)
+        if layer is not None:
+            out[name] = layer
     if problems:
         raise ValueError(
             f"from_axon_params: {len(problems)} problem(s) with the Axon parameters:\n  "

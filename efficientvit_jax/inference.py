@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientvit_jax import zoo
+from efficientvit_jax.metrics import example_metrics
 
 
 def load_pretrained(
@@ -60,8 +61,8 @@ class Classifier:
         def logits(variables: Any, images: jax.Array) -> jax.Array:
             return self.model.apply(variables, images, train=False).astype(jnp.float32)
 
-        def metrics(variables: Any, images: jax.Array, labels: jax.Array) -> tuple:
-            return _batch_metrics(logits(variables, images), labels)
+        def metrics(variables: Any, images: jax.Array, labels: jax.Array) -> dict:
+            return example_metrics(logits(variables, images), labels)
 
         self._logits = jax.jit(logits)
         self._metrics = jax.jit(metrics)  # compiled once per classifier, not per evaluation
@@ -81,6 +82,12 @@ class Classifier:
             out.append(np.asarray(self._logits(self.variables, chunk))[: self.batch_size - pad])
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
+    def example_metrics(self, images: np.ndarray, labels: np.ndarray) -> dict[str, jax.Array]:
+        """``metrics.example_metrics`` of one batch of exactly ``batch_size`` images (pad it:
+        another size compiles again), as device arrays not yet read back, so that the host
+        can prepare the next batch while the device runs this one."""
+        return self._metrics(self.variables, images, labels)
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax of the logits, in float64 on the host so that they sum to 1 exactly."""
         z = self.logits(images).astype(np.float64)
@@ -92,13 +99,6 @@ class Classifier:
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest entries of each row, largest first (ties: lower index)."""
     return np.argsort(-probabilities, axis=-1, kind="stable")[..., :k]
-
-
-def _batch_metrics(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-image cross-entropy and the rank-5 indices, on the device."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-    return loss, jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
 
 
 def evaluate_folder(
@@ -120,14 +120,13 @@ def evaluate_folder(
 
     def collect(item: Any) -> None:
         nonlocal loss_sum
-        (loss, top5), labels, mask = item
-        loss, top5 = np.asarray(loss), np.asarray(top5)
-        for y, l5, m, li in zip(labels, top5, mask, loss, strict=True):
-            if m:
-                seen[y] += 1
-                correct1[y] += l5[0] == y
-                correct5[y] += y in l5
-                loss_sum += float(li)
+        per, labels, mask = item
+        per = {k: np.asarray(v)[mask] for k, v in per.items()}  # padding and skipped files out
+        y = labels[mask]
+        np.add.at(seen, y, 1)
+        np.add.at(correct1, y, per["correct"])
+        np.add.at(correct5, y, per["correct5"])
+        loss_sum += float(per["loss"].astype(np.float64).sum())
         if progress is not None:
             progress(int(mask.sum()))
 
@@ -139,10 +138,10 @@ def evaluate_folder(
         waited += time.perf_counter() - t_wait
         if batch is None:
             break
-        out = classifier._metrics(classifier.variables, batch.images, batch.labels)
+        out = classifier.example_metrics(batch.images, batch.labels)
         if inflight is not None:
             collect(inflight)
-        inflight = (out, batch.labels, batch.mask)
+        inflight = (out, batch.labels, batch.mask.astype(bool))
     if inflight is not None:
         collect(inflight)
     wall = time.perf_counter() - t0

@@ -60,7 +60,7 @@ def test_console_script_end_to_end(tmp_path):
     out = tmp_path / "cs"
     proc = subprocess.run(
         [*cmd, "train", *TINY, "--max-steps", "3", "--output", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy:" in proc.stdout
@@ -201,7 +201,7 @@ def test_train_on_a_simulated_mesh_in_bfloat16_with_remat(tmp_path):
     cmd += ["--precision", "bfloat16", "--remat", "block", "--max-steps", "2", "--epochs", "1"]
     cmd += ["--no-progress", "-o", str(out)]
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (
         "4 devices (4 local) in 1 process(es); mesh data=2 fsdp=2; precision bfloat16"

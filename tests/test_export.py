@@ -72,7 +72,7 @@ def _reload_elsewhere(path, tmp_path, x1, y1, x3, y3):
     np.savez(data, x1=x1, y1=y1, x3=x3, y3=y3)
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD, str(path), str(data)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return float(proc.stdout.split()[-1])

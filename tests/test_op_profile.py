@@ -67,7 +67,7 @@ def test_profile_of_the_core_model_attributes_time_to_its_blocks():
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=True,
     ).stdout
     module_table = out.split("\nmodule")[1].split("\nHLO op kind")[0]

@@ -30,6 +30,9 @@ from efficientvit_jax import load_run
 from efficientvit_jax.cli import main
 from efficientvit_jax.data import create_transform
 
+# The runs are module fixtures: one worker trains them once for every test here.
+pytestmark = pytest.mark.xdist_group("roundtrip")
+
 PHOTO_CLASSES = ("ant", "bee", "cat")
 DIGIT_CLASSES = ("2", "5", "7")  # the held-out folder of the digits run: a subset of its 10
 TINY = ["--patch-size", "4", "--embed-dim", "8", "--depths", "1,1", "--num-heads", "2,2"]
@@ -169,7 +172,7 @@ def run_mesh_bf16(tmp_path_factory: Any, photo_tree: Path) -> Trained:
            "--cpu-devices", "2", "--mesh", "data=1,fsdp=2", "--precision", "bfloat16",
            "--image-size", "32", *TINY, *FOLDER, "-o", str(out)]  # fmt: skip
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 devices (2 local) in 1 process(es); mesh data=1 fsdp=2; precision bfloat16" in (
         proc.stdout

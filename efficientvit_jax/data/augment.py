@@ -31,18 +31,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from efficientvit_jax.data.image import center_crop, normalize, resize_shorter
+from efficientvit_jax.data.image import center_crop, normalize, resampling, resize_shorter
 
 Interpolation = str | Sequence[str]
 
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 # timm's "random" interpolation draws one of these two per image.
 _TIMM_RANDOM = ("bilinear", "bicubic")
 
@@ -68,9 +60,7 @@ def resample(interpolation: Interpolation, rng: np.random.Generator | None = Non
         if rng is None:
             raise ValueError("a random interpolation needs a generator")
         interpolation = interpolation[int(rng.integers(len(interpolation)))]
-    if interpolation not in _RESAMPLE:
-        raise ValueError(f"unknown interpolation {interpolation!r}; known: {sorted(_RESAMPLE)}")
-    return _RESAMPLE[interpolation]
+    return resampling(interpolation)
 
 
 # ------------------------------------------------------------------- geometry, pixels
@@ -462,6 +452,8 @@ def cutmix_box(
 
 # -------------------------------------------------------------------- the recipes
 
+# The MIT recipe's draw list (every filter, in the recipe's order), not a table of names
+# (that is data.image.INTERPOLATIONS): a draw picks by position, so the order fixes the images.
 _MIT_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 

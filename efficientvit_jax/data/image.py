@@ -42,8 +42,17 @@ def load_image(source: Any) -> Any:
     return Image.fromarray(arr).convert("RGB")
 
 
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+"""The interpolation names, each PIL's ``Image.Resampling`` filter of that name (upper
+case): the one table for the data configs (``transforms``) and the augmentations
+(``augment``)."""
+
+
 def resampling(name: str) -> Any:
-    from PIL import Image
+    """PIL's resampling filter called ``name`` (one of ``INTERPOLATIONS``)."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {name!r}; known: {sorted(INTERPOLATIONS)}")
+    from PIL import Image  # here, so that importing data.image does not load PIL
 
     return getattr(Image.Resampling, name.upper())
 

@@ -18,6 +18,29 @@ from typing import Any
 
 import numpy as np
 
+StepBatch = dict[str, np.ndarray]
+"""What the train and eval steps take: ``{"images": [B, ...], "labels": [B] int32 (or
+[B, K] soft targets), "mask": [B]}``, the mask 0 (False) on padding. ``Batch.arrays()``
+gives one; ``training.Batch`` is this type."""
+
+
+def epoch_order(
+    n: int, *, seed: int, epoch: int, shuffle: bool = True, stream: tuple[int, ...] = ()
+) -> np.ndarray:
+    """The example order of one epoch: a permutation of ``range(n)`` that depends on
+    ``(seed, epoch, *stream)`` only (``shuffle=False``: ``range(n)`` as it is).
+
+    One function for both input pipelines, so that a run resumed at any step sees the
+    batches the uninterrupted run would have seen. ``stream`` adds entropy words: the
+    in-memory arrays (``training.iterate_batches``) use none and the image-file pipeline
+    (``pipeline.TrainPipeline``) uses ``PIPELINE_STREAM``; changing either changes every
+    saved run's data order.
+    """
+    if not shuffle:
+        return np.arange(n)
+    # A fresh generator per (seed, epoch): reproducible from the step alone on resume.
+    return np.random.default_rng([seed, epoch, *stream]).permutation(n)
+
 
 @dataclasses.dataclass
 class Batch:
@@ -29,7 +52,7 @@ class Batch:
     mask: np.ndarray
     paths: list[str]
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> StepBatch:
         """The dict a train/eval step takes."""
         return {"images": self.images, "labels": self.labels, "mask": self.mask}
 

@@ -19,12 +19,16 @@ from typing import Any
 import numpy as np
 
 from efficientvit_jax.data.augment import batch_rng, image_rng
-from efficientvit_jax.data.loader import Batch, ImageLoader
+from efficientvit_jax.data.loader import Batch, ImageLoader, StepBatch, epoch_order
+
+PIPELINE_STREAM = (7,)
+"""``loader.epoch_order``'s extra entropy word for the file pipeline's epochs (saved runs'
+data order depends on it)."""
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of epoch ``epoch``: a permutation of ``range(n)``."""
-    return np.random.default_rng([seed, epoch, 7]).permutation(n)
+    """The order of epoch ``epoch``: ``loader.epoch_order`` with this pipeline's stream."""
+    return epoch_order(n, seed=seed, epoch=epoch, stream=PIPELINE_STREAM)
 
 
 @dataclasses.dataclass
@@ -75,7 +79,7 @@ class TrainPipeline:
         mine = pos[:, self.process_index * per : (self.process_index + 1) * per].reshape(-1)
         return mine, order[mine]
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[StepBatch]:
         """The batches of ``epoch`` from ``start_batch`` on: ``{"images", "labels", "mask"}``."""
         positions, ids = self._rows(epoch_permutation(len(self.samples), self.seed, epoch))
         per = self.batch_size // self.process_count

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from efficientvit_jax.data.image import (  # also reachable as data.transforms.*
+    INTERPOLATIONS,
     center_crop,
     load_image,
     normalize,
@@ -27,7 +28,6 @@ from efficientvit_jax.data.image import (  # also reachable as data.transforms.*
 )
 from efficientvit_jax.data.tags import get_tag
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 CROP_MODES = ("center", "squash")
 DATA_FORMATS = ("NCHW", "NHWC")
 

@@ -23,8 +23,11 @@ from typing import Literal
 
 import numpy as np
 
-Batch = dict[str, np.ndarray]
-"""``{"images": [B, ...], "labels": [B] int32, "mask": [B] float32}``."""
+# One definition of each, shared with the image-file pipeline (``data.pipeline``).
+from efficientvit_jax.data.loader import StepBatch as Batch
+from efficientvit_jax.data.loader import epoch_order
+
+__all__ = ["REMAINDERS", "Batch", "epoch_order", "iterate_batches", "num_batches"]
 
 REMAINDERS = ("drop", "pad")
 
@@ -43,14 +46,6 @@ def _check(images: np.ndarray, labels: np.ndarray, batch_size: int, remainder: s
 def num_batches(n: int, batch_size: int, *, remainder: Literal["drop", "pad"]) -> int:
     """How many batches one epoch of ``n`` examples gives."""
     return n // batch_size if remainder == "drop" else -(-n // batch_size)
-
-
-def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The example order of one epoch: a permutation that depends on ``(seed, epoch)`` only."""
-    if not shuffle:
-        return np.arange(n)
-    # A fresh generator per (seed, epoch): reproducible from the step alone on resume.
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def iterate_batches(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from efficientvit_jax.training.state import TrainState
-from efficientvit_jax.training.steps import Metrics, apply_for_training, cross_entropy
+from efficientvit_jax.training.steps import Metrics, all_finite, make_train_step
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -111,12 +111,6 @@ def dynamic_loss_scale(
     return optax.GradientTransformation(init, update)
 
 
-def all_finite(tree: Any) -> jax.Array:
-    """A boolean scalar: every element of every leaf is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def loss_scale_state(opt_state: Any) -> LossScaleState:
     """The ``LossScaleState`` at the top of an optimizer state (``TypeError`` if absent)."""
     if not isinstance(opt_state, LossScaleState):
@@ -136,7 +130,8 @@ def make_train_step_with_loss_scale(
     jit: bool = True,
     frozen_backbone: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
-    """``steps.make_train_step`` with dynamic loss scaling (for ``float16`` compute).
+    """``steps.make_train_step`` with dynamic loss scaling (for ``float16`` compute): a
+    thin wrapper passing it ``loss_scale_of`` (one step body for both).
 
     ``optimizer`` must come from ``dynamic_loss_scale`` (and the state be created with it).
     The loss is multiplied by the current scale before differentiation, so small gradients
@@ -153,40 +148,12 @@ def make_train_step_with_loss_scale(
         ``dynamic_loss_scale(finetune.finetune_optimizer(..., backbone_opt=None))``, whose
         backbone updates are zero at any scale.
     """
-
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        scale = loss_scale_state(state.opt_state).scale
-        dropout_key = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
-            logits, stats = apply_for_training(
-                model, params, state, batch["images"], dropout_key, frozen=frozen_backbone
-            )
-            loss, acc = cross_entropy(
-                logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
-            )
-            return loss * scale, (loss, acc, stats)
-
-        (_, (loss, acc, stats)), scaled_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = optimizer.update(scaled_grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32) / scale, scaled_grads)
-        # A skipped (non-finite) step keeps the old BatchNorm statistics too.
-        finite = all_finite(grads)
-        stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stats, state.batch_stats)
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats
-        )
-        return new_state, {
-            "loss": loss,
-            "accuracy": acc,
-            "grad_norm": optax.tree.norm(grads),
-            "loss_scale": scale,
-            "finite": finite.astype(jnp.float32),
-        }
-
-    if not jit:
-        return train_step
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    return make_train_step(
+        model,
+        optimizer,
+        label_smoothing=label_smoothing,
+        donate=donate,
+        frozen_backbone=frozen_backbone,
+        loss_scale_of=lambda opt_state: loss_scale_state(opt_state).scale,
+        jit=jit,
+    )

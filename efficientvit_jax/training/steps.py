@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficientvit_jax.metrics import batch_metrics
 from efficientvit_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -130,6 +131,51 @@ def apply_for_training(
     return logits, updates["batch_stats"]
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """A boolean scalar: every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _loss_and_grads(
+    model: nn.Module,
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    label_smoothing: float,
+    frozen: bool,
+    scale: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, Any, Any]:
+    """``(loss, accuracy, new_batch_stats, grads)`` of one batch; the gradients are of
+    ``loss * scale`` where a loss scale is given (the returned loss is unscaled)."""
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+        logits, stats = apply_for_training(
+            model, params, state, batch["images"], dropout_key, frozen=frozen
+        )
+        loss, acc = cross_entropy(
+            logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
+        )
+        # No multiplication without a scale, so the plain step's graph is the plain loss's.
+        return (loss if scale is None else loss * scale), (loss, acc, stats)
+
+    (_, (loss, acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, acc, stats, grads
+
+
+def _unscale(
+    scaled_grads: Any, stats: Any, old_stats: Any, scale: jax.Array
+) -> tuple[Any, Any, Metrics]:
+    """``(grads, batch_stats, extra metrics)`` of a loss-scaled step: the gradients divided
+    by the scale, and the old BatchNorm statistics where they are not finite (the optimizer
+    skips that step, so the statistics must not move either)."""
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32) / scale, scaled_grads)
+    finite = all_finite(grads)
+    stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stats, old_stats)
+    return grads, stats, {"loss_scale": scale, "finite": finite.astype(jnp.float32)}
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -137,6 +183,8 @@ def make_train_step(
     label_smoothing: float = 0.0,
     donate: bool = True,
     frozen_backbone: bool = False,
+    loss_scale_of: Callable[[Any], jax.Array] | None = None,
+    jit: bool = True,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
 
@@ -144,35 +192,46 @@ def make_train_step(
     ``apply_for_training``), so the BatchNorm statistics stay as they are; pair it with an
     optimizer that only updates the head (``finetune.finetune_optimizer(..., backbone_opt=None)``,
     whose weight decay is the head's alone), which keeps the backbone's weights. The
-    loss-scaled and the sharded steps take the same flag
-    (``precision.make_train_step_with_loss_scale``, ``sharding.make_sharded_train_step``).
+    sharded step takes the same flag (``sharding.make_sharded_train_step``).
 
     Metrics: ``loss`` (mean cross-entropy with the smoothing, float32), ``accuracy`` and
     ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends on
     the state only. With ``donate=True`` the input state's buffers are reused for the
     output (the old state must not be used after the call).
+
+    Args:
+      loss_scale_of: ``opt_state -> scale`` for dynamic loss scaling (see
+        ``precision.make_train_step_with_loss_scale``, which passes it): the loss is
+        multiplied by the scale before differentiation, ``grad_norm`` is of the unscaled
+        gradients, a non-finite step keeps the BatchNorm statistics, and the metrics add
+        ``loss_scale`` and ``finite`` (1.0 or 0.0).
+      jit: ``False`` returns the plain function (e.g. to hand to
+        ``sharding.make_sharded_train_step(step_fn=...)``, which jits it).
     """
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
-        dropout_key = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-            logits, stats = apply_for_training(
-                model, params, state, batch["images"], dropout_key, frozen=frozen_backbone
-            )
-            loss, acc = cross_entropy(
-                logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
-            )
-            return loss, (acc, stats)
-
-        (loss, (acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        scale = None if loss_scale_of is None else loss_scale_of(state.opt_state)
+        loss, acc, stats, grads = _loss_and_grads(
+            model,
+            state,
+            batch,
+            label_smoothing=label_smoothing,
+            frozen=frozen_backbone,
+            scale=scale,
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        extra: Metrics = {}
+        if scale is not None:
+            grads, stats, extra = _unscale(grads, stats, state.batch_stats, scale)
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats
         )
-        return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads)}
+        return new_state, {**metrics, **extra}
 
+    if not jit:
+        return train_step
     return jax.jit(train_step, donate_argnums=(0,) if donate else ())
 
 
@@ -181,9 +240,10 @@ def make_eval_step(
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], Metrics]:
     """A jitted ``(state, batch) -> metrics`` evaluation step (``train=False``).
 
-    Returns sums, so that batches of different fill add up exactly: ``loss_sum`` (plain
-    cross-entropy, no smoothing), ``correct``, ``correct5`` (label among the 5 largest
-    logits) and ``count`` (the number of unmasked examples). Accuracy over a dataset is ``sum(correct) / sum(count)``.
+    Returns ``metrics.batch_metrics``'s sums, so that batches of different fill add up
+    exactly: ``loss_sum`` (plain cross-entropy, no smoothing), ``correct``, ``correct5``
+    (label among the 5 largest logits) and ``count`` (the number of unmasked examples).
+    Accuracy over a dataset is ``sum(correct) / sum(count)``.
     """
 
     def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> Metrics:
@@ -191,20 +251,7 @@ def make_eval_step(
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         logits = model.apply(variables, batch["images"], train=False)
-        logits = logits.astype(jnp.float32)
-        labels = batch["labels"]
-        mask = batch.get("mask")
-        mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        correct5 = (top5 == labels[:, None]).any(-1).astype(jnp.float32)
-        return {
-            "loss_sum": (losses * mask).sum(),
-            "correct": (correct * mask).sum(),
-            "correct5": (correct5 * mask).sum(),
-            "count": mask.sum(),
-        }
+        return batch_metrics(logits, batch["labels"], batch.get("mask"))
 
     return jax.jit(eval_step)
 

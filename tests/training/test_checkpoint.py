@@ -156,7 +156,7 @@ def test_save_killed_half_way_leaves_the_previous_checkpoint(setup, optimizer, t
         [sys.executable, "-c", KILLED_SAVE, str(d), str(tmp_path / "step1.npz")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=400,
     )
     assert proc.returncode == 17, proc.stderr[-2000:]
     names = sorted(os.listdir(d))
@@ -348,7 +348,7 @@ def test_a_failed_read_leaves_one_line_on_stderr(tmp_path, damaged):
         [sys.executable, "-c", FAILED_READ, str(tmp_path / "ck"), damaged],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=400,
     )
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr[-3000:]

@@ -56,7 +56,7 @@ def test_two_processes_step_together_and_checkpoint(tmp_path):
     results = h.run_workers(
         "_distributed_worker.py",
         [argv0, [ckpt, "--mesh", "data=2,fsdp=2"]],
-        timeout=300,
+        timeout=900,
         env=[env, env1],
     )
     for pid, (rc, out, r) in enumerate(results):

@@ -52,7 +52,7 @@ def test_one_device_step_keeps_the_backbone(precision: str) -> None:
 @pytest.fixture(scope="module")
 def two_devices() -> dict[str, Any]:
     h = _load("_subprocess")
-    [(rc, out, result)] = h.run_workers("_frozen_worker.py", [[]], timeout=300, env=h.worker_env())
+    [(rc, out, result)] = h.run_workers("_frozen_worker.py", [[]], timeout=900, env=h.worker_env())
     assert rc == 0 and result is not None, out[-4000:]
     assert result["devices"] == 2
     return result

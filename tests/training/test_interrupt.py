@@ -180,7 +180,7 @@ def _interrupt_when_training(tmp_path, env):
             time.sleep(0.1)
         time.sleep(1.0)  # the line is printed just before the loop installs its handlers
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=600)
     finally:
         _kill(proc)
     return proc.returncode, err
@@ -209,12 +209,12 @@ def test_sigint_during_train_then_resume_matches_a_straight_run(tmp_path):
     # The command the line gives, as it is: the run folder holds the recipe.
     command = [sys.executable, "-m", "efficientvit_jax.cli", *shlex.split(match[3])[1:]]
     resume = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
     assert resume.returncode == 0, resume.stderr[-3000:]
     straight = subprocess.run(
         [*TRAIN, "--output", "straight"], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=300,
+        text=True, timeout=900,
     )  # fmt: skip
     assert straight.returncode == 0, straight.stderr[-3000:]
 

@@ -52,7 +52,7 @@ def test_two_processes_train_like_one(tmp_path):
     joined = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
     argv = [[*TINY, "-o", str(ref)]]
     argv += [[*TINY, "-o", str(multi), *joined, "--process-id", str(i)] for i in (0, 1)]
-    results = h.run_workers(str(CLI), argv, timeout=300, env=env)
+    results = h.run_workers(str(CLI), argv, timeout=900, env=env)
     for name, (rc, out, _) in zip(("reference", "process 0", "process 1"), results, strict=True):
         assert rc == 0, f"{name}:\n{out[-4000:]}"
     out0, out1 = results[1][1], results[2][1]

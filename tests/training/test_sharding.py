@@ -32,7 +32,7 @@ def _helpers():
 def eight_devices():
     """The worker's result: single-device vs sharded steps on 8 simulated devices."""
     h = _helpers()
-    [(rc, out, result)] = h.run_workers("_sharded_worker.py", [[]], timeout=400, env=h.worker_env())
+    [(rc, out, result)] = h.run_workers("_sharded_worker.py", [[]], timeout=900, env=h.worker_env())
     assert rc == 0 and result is not None, out[-4000:]
     return result
 
