@@ -7,9 +7,11 @@ half-written file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 # The one folder a command may create above its output: train's default is runs/digits.
 RUNS_FOLDER = "runs"
@@ -63,6 +65,16 @@ def check_output_writable(path: str, flag: str = "--output") -> None:
             shutil.rmtree(d, ignore_errors=True)
         reason = e.strerror or str(e)
         raise ValueError(f"{flag} {path} cannot be written: {reason}") from e
+
+
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+
+    atomic_write(path, dump)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:

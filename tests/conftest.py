@@ -131,6 +131,34 @@ def make_class_tree() -> Any:
     return _make_class_tree
 
 
+def _timm_file(
+    timm: Any, name: str, path: Any, *, num_classes: int = 1000, img_size: int | None = None
+) -> str:
+    """A timm ``name`` checkpoint (.safetensors) at ``path``: random weights (torch seed 1),
+    random BatchNorm statistics, ``num_classes`` outputs; ``img_size`` for the MSRA models,
+    whose attention biases depend on it."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    msra = name.startswith("efficientvit_m")  # MIT's timm models take no img_size
+    extra = {"img_size": img_size} if msra and img_size is not None else {}
+    m = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                mod.running_mean.normal_(0.0, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def make_timm_file() -> Any:
+    """``(timm, name, path, *, num_classes=1000, img_size=None) -> path``: see ``_timm_file``."""
+    return _timm_file
+
+
 @pytest.fixture(scope="session")
 def timm_b0(timm: Any, tmp_path_factory: Any) -> str:
     """A timm ``efficientvit_b0`` checkpoint (.safetensors) with random weights and random

@@ -73,24 +73,6 @@ def digit_tree(tmp_path_factory: Any) -> Path:
     return root
 
 
-def _timm_file(timm: Any, name: str, path: Path, num_classes: int = 5) -> str:
-    """A timm checkpoint with random weights, random BatchNorm statistics and a head of
-    ``num_classes`` (not the runs' 3)."""
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(1)
-    extra = {"img_size": ZOO_SIZE} if name.endswith("m0") else {}
-    m = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return str(path)
-
-
 # --- the runs ----------------------------------------------------------------------------------
 
 
@@ -146,16 +128,19 @@ def run_builder(tmp_path_factory: Any, photo_tree: Path) -> Trained:
 
 
 @pytest.fixture(scope="module")
-def run_b0(tmp_path_factory: Any, photo_tree: Path, timm: Any) -> Trained:
-    weights = _timm_file(timm, "efficientvit_b0", tmp_path_factory.mktemp("w") / "b0.safetensors")
+def run_b0(tmp_path_factory: Any, photo_tree: Path, timm: Any, make_timm_file: Any) -> Trained:
+    # a head of 5 classes, not the runs' 3
+    path = tmp_path_factory.mktemp("w") / "b0.safetensors"
+    weights = make_timm_file(timm, "efficientvit_b0", path, num_classes=5)
     flags = ["--model", "efficientvit_b0", "--weights", weights, "--image-size", str(ZOO_SIZE)]
     out = _folder_run(tmp_path_factory, photo_tree, "b0", *flags)
     return _finish(Trained("b0", out, PHOTO_CLASSES, photo_tree / "val"))
 
 
 @pytest.fixture(scope="module")
-def run_m0(tmp_path_factory: Any, photo_tree: Path, timm: Any) -> Trained:
-    weights = _timm_file(timm, "efficientvit_m0", tmp_path_factory.mktemp("w") / "m0.safetensors")
+def run_m0(tmp_path_factory: Any, photo_tree: Path, timm: Any, make_timm_file: Any) -> Trained:
+    path = tmp_path_factory.mktemp("w") / "m0.safetensors"
+    weights = make_timm_file(timm, "efficientvit_m0", path, num_classes=5, img_size=ZOO_SIZE)
     # frozen: the cheaper of the two to compile (m0's backward pass is the costliest here)
     flags = ["--model", "efficientvit_m0", "--weights", weights, "--freeze-backbone"]
     out = _folder_run(tmp_path_factory, photo_tree, "m0", *flags, "--image-size", str(ZOO_SIZE))

@@ -9,6 +9,7 @@ evaluation data config (``Exportable.metadata``), so it describes itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -35,18 +36,14 @@ def from_checkpoint(
 
     run = load_run(path, step=step, ema=ema, dtype=dtype)
     module = run.model
-    changes = {k: v for k, v in (("data_format", data_format),) if v is not None}
-    if changes:
-        module = module.clone(config=module.config.replace(**changes))
+    if data_format is not None:
+        module = module.clone(config=module.config.replace(data_format=data_format))
     size = image_size or run.data_config.image_size[0]
-    data = run.data_config
-    if changes or image_size:
-        import dataclasses
-
-        c = data.input_size[0]
-        data = dataclasses.replace(
-            data, input_size=(c, size, size), data_format=module.config.data_format
-        )
+    data = dataclasses.replace(
+        run.data_config,
+        input_size=(run.data_config.input_size[0], size, size),
+        data_format=module.config.data_format,
+    )
     variables = to_float(run.variables, module.config.param_dtype)
     metadata = {
         "classes": json.dumps(list(run.classes)),

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from efficientvit_jax._io import atomic_write
+from efficientvit_jax._io import atomic_write, write_json
 from efficientvit_jax.export.prepare import check_output_file, inference_function, input_spec
 from efficientvit_jax.export.source import Exportable
 from efficientvit_jax.ops import portable_ops
@@ -52,13 +52,7 @@ def export_stablehlo(
 
     atomic_write(path, write)
     if model.metadata:  # the serialized Exported has no free-form fields: a file beside it
-        text = json.dumps({k: _json_value(v) for k, v in model.metadata.items()}, indent=1)
-
-        def write_meta(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(text)
-
-        atomic_write(path + ".json", write_meta)
+        write_json(path + ".json", {k: _json_value(v) for k, v in model.metadata.items()})
     return dict(
         path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=len(data),
         folded_batchnorms=folded, platforms=list(exported.platforms),

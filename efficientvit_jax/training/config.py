@@ -450,15 +450,10 @@ def resume_config(stored: TrainConfig, new: TrainConfig) -> TrainConfig:
 
 def save_config(config: TrainConfig, workdir: str) -> str:
     """Write ``workdir/config.json`` atomically; returns its path."""
-    from efficientvit_jax._io import atomic_write
+    from efficientvit_jax._io import write_json
 
     path = os.path.join(workdir, CONFIG_FILE)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(config.to_dict(), f, indent=1)
-
-    atomic_write(path, write)
+    write_json(path, config.to_dict())
     return path
 
 

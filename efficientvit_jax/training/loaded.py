@@ -101,12 +101,8 @@ def load_run(
         variables["batch_stats"] = state["batch_stats"]
     if ema:
         variables["params"] = _ema_params(state.get("opt_state"), state["params"], workdir)
-    data_config = DataConfig(**_tuples(info["data_config"]))
+    data_config = DataConfig(**info["data_config"])
     return LoadedRun(model, variables, classes, data_config, config, restored.step, workdir, ema)
-
-
-def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _ema_params(opt_state: Any, params: Any, workdir: str) -> Any:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from efficientvit_jax._io import atomic_write
-
-
-def write_json(path: str, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically."""
-
-    def dump(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-
-    atomic_write(path, dump)
+from efficientvit_jax._io import atomic_write, write_json  # noqa: F401  (write_json: training.report.write_json)
 
 
 def plot_curves(

@@ -184,16 +184,11 @@ def _open_checkpoints(config: TrainConfig, workdir: str, resume: bool) -> Any:
 
 
 def _write_run_file(workdir: str, classes: tuple[str, ...], eval_data: Any) -> None:
-    from efficientvit_jax._io import atomic_write
+    from efficientvit_jax._io import write_json
     from efficientvit_jax.training.checkpoint import config_to_dict
 
     info = {"classes": list(classes), "data_config": config_to_dict(eval_data)}
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=1)
-
-    atomic_write(os.path.join(workdir, RUN_FILE), write)
+    write_json(os.path.join(workdir, RUN_FILE), info)
 
 
 def read_run_file(workdir: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import argparse
 import importlib.util
 import os
 import re
-import socket
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -29,16 +28,10 @@ def _helpers():
     return mod
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_step_together_and_checkpoint(tmp_path):
     h = _helpers()
-    port = _free_port()
+    port = h.free_port()
     env = h.worker_env()
     for k in ENV_VARS:
         env.pop(k, None)

@@ -27,22 +27,6 @@ from efficientvit_jax.zoo import load_timm_weights
 SIZE = 64  # the smallest size with a 2x2 last stage for both families
 
 
-def _timm_checkpoint(timm: Any, name: str, path: Any, num_classes: int = 1000) -> str:
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(1)
-    extra = {"img_size": SIZE} if name.endswith("m0") else {}
-    m = timm.create_model(name, pretrained=False, num_classes=num_classes, **extra)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
-    return str(path)
-
-
 def _config(name: str, weights: str, *, freeze_backbone: bool = False) -> TrainConfig:
     return TrainConfig(
         data=DataOptions(folder="unused"),
@@ -63,9 +47,9 @@ HEADS = {"efficientvit_b0": "head/fc", "efficientvit_m0": "head/linear"}
     "name", ["efficientvit_b0", pytest.param("efficientvit_m0", marks=pytest.mark.slow)]
 )
 def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
-    timm: Any, name: str, tmp_path: Any
+    timm: Any, name: str, tmp_path: Any, make_timm_file: Any
 ) -> None:
-    ckpt = _timm_checkpoint(timm, name, tmp_path / "w.safetensors")
+    ckpt = make_timm_file(timm, name, tmp_path / "w.safetensors", img_size=SIZE)
     overrides = {"img_size": SIZE} if name.endswith("m0") else {}
     reference = load_timm_weights(ckpt, name, **overrides)  # the checkpoint, 1000 classes
     config = _config(name, ckpt, freeze_backbone=True)
@@ -102,10 +86,11 @@ def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
 
 @pytest.mark.slow
 def test_cli_fine_tunes_on_a_folder_of_another_class_count(
-    timm: Any, tmp_path: Any, image_files: dict, make_class_tree: Any, capsys: Any
-) -> None:
+    timm: Any, tmp_path: Any, image_files: dict, make_class_tree: Any, capsys: Any,
+    make_timm_file: Any,
+) -> None:  # fmt: skip
     # a checkpoint fine-tuned on 5 classes, fine-tuned again on 3
-    ckpt = _timm_checkpoint(timm, "efficientvit_b0", tmp_path / "w.safetensors", num_classes=5)
+    ckpt = make_timm_file(timm, "efficientvit_b0", tmp_path / "w.safetensors", num_classes=5)
     kinds = sorted(image_files)
     tree = {
         c: [image_files[kinds[(i + j) % len(kinds)]] for j in range(4)] for i, c in enumerate("abc")

@@ -4,10 +4,8 @@ process, each process's share of the training and held-out batches of both sourc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +17,8 @@ import pytest
 from efficientvit_jax.training.folders import Splits, folder_source
 from efficientvit_jax.training.job import array_source
 
+from ._subprocess import free_port, run_workers, worker_env
+
 HERE = Path(__file__).resolve().parent
 CLI = Path(sys.modules["efficientvit_jax"].__file__).parent / "cli" / "__main__.py"
 TINY = [
@@ -28,31 +28,17 @@ TINY = [
 ]  # fmt: skip
 
 
-def _helpers():
-    spec = importlib.util.spec_from_file_location("evit_test_subprocess", HERE / "_subprocess.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """The reference and the two processes run at once (all three are mostly compiling)."""
-    h = _helpers()
-    env = h.worker_env(JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    env = worker_env(JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     for k in ("EVIT_COORDINATOR", "EVIT_NUM_PROCESSES", "EVIT_PROCESS_ID"):
         env.pop(k, None)
     ref, multi = tmp_path / "one", tmp_path / "two"
-    joined = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
+    joined = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2"]
     argv = [[*TINY, "-o", str(ref)]]
     argv += [[*TINY, "-o", str(multi), *joined, "--process-id", str(i)] for i in (0, 1)]
-    results = h.run_workers(str(CLI), argv, timeout=900, env=env)
+    results = run_workers(str(CLI), argv, timeout=900, env=env)
     for name, (rc, out, _) in zip(("reference", "process 0", "process 1"), results, strict=True):
         assert rc == 0, f"{name}:\n{out[-4000:]}"
     out0, out1 = results[1][1], results[2][1]
