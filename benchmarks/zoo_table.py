@@ -41,10 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| model | paper | parameters | GFLOPs at {args.size}x{args.size} (XLA) | published top-1 (%) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name in list_models():
+    # the classifiers: a top-1 table (the segmentation models have their own numbers, mIoU)
+    names = [n for n in list_models() if get_entry(n).task == "classification"]
+    for name in names:
         lines.append(row(name, args.size))
         print(lines[-1], flush=True)
-    sources = sorted({get_entry(n).top1_source for n in list_models() if get_entry(n).top1_source})
+    sources = sorted({get_entry(n).top1_source for n in names if get_entry(n).top1_source})
     lines.append("")
     lines += [f"Top-1 source: {s}" for s in sources]
     text = "\n".join(lines) + "\n"

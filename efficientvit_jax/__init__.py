@@ -14,6 +14,7 @@ __all__ = [
     "from_axon_params",
     "linear_attention",
     "list_models",
+    "load_mit_weights",
     "load_pretrained",
     "load_run",
     "load_timm_weights",
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 
 # The model zoo on first use: importing it registers every family and costs time that a
 # user of the core model alone should not pay at ``import efficientvit_jax``.
-_ZOO = ("create_model", "list_models", "load_pretrained", "load_timm_weights")
+_ZOO = ("create_model", "list_models", "load_mit_weights", "load_pretrained", "load_timm_weights")
 
 
 def __getattr__(name: str):

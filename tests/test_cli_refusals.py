@@ -148,7 +148,8 @@ def test_every_command_gives_the_same_unknown_model_message(tmp_path, capsys):
     assert len(set(errors.values())) == 1, errors
     msg = next(iter(errors.values()))
     assert msg.startswith(f"unknown model '{name}'; zoo models: efficientvit_b0, ")
-    assert "efficientvit_m5; pretrained tags: efficientvit_b0.r224_in1k, " in msg
+    assert "efficientvit_m5, efficientvit_seg_b0_cityscapes, " in msg  # every family
+    assert "efficientvit_seg_l2_cityscapes; pretrained tags: efficientvit_b0.r224_in1k, " in msg
     assert msg.endswith("efficientvit_m5.r224_in1k")
     assert sorted(os.listdir(tmp_path)) == ["d", "x.png"]
 

@@ -1,10 +1,12 @@
 """``efficientvit-jax convert``: a timm checkpoint to Flax variables saved with orbax.
 
     efficientvit-jax convert --model efficientvit_b1 --input model.safetensors --output out/
+    efficientvit-jax convert --model efficientvit-seg-b0-cityscapes --input b0.pt --output out/
 
 writes ``out/variables`` and ``out/model.json`` (``efficientvit_jax.zoo.load_converted``
-reads them back). Without ``--input``, the tag's published weights (from the Hugging Face
-Hub's cache, downloaded into it on first use).
+reads them back). A segmentation model's ``--input`` is one of MIT's checkpoint files
+(``load_mit_weights``). Without ``--input``, the tag's published weights (from the Hugging
+Face Hub's cache, downloaded into it on first use; classifiers only).
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="a timm checkpoint -> Flax variables saved with orbax")
-    p.add_argument("--model", required=True, help="timm model name or tag, e.g. efficientvit_b1")
+    p = sub.add_parser(
+        "convert", help="a timm (or MIT segmentation) checkpoint -> Flax variables saved with orbax"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name or tag, e.g. efficientvit_b1 or efficientvit-seg-b0-cityscapes",
+    )
     p.add_argument(
         "--input",
-        help=".safetensors or PyTorch zip checkpoint (default: the tag's published weights, "
-        "from the Hugging Face Hub's cache)",
+        help=".safetensors or PyTorch zip checkpoint: timm's, or MIT's for a segmentation model "
+        "(default: the tag's published weights, from the Hugging Face Hub's cache)",
     )
     p.add_argument("--output", required=True, help="directory to write (must be empty or new)")
     p.add_argument("--num-classes", type=int, default=None, help="if the head was re-sized")
@@ -33,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from efficientvit_jax._io import require_parent
-    from efficientvit_jax.zoo import get_entry, load_timm_weights, save_converted
+    from efficientvit_jax.zoo import get_entry, load_mit_weights, load_timm_weights, save_converted
+    from efficientvit_jax.zoo.registry import canonical_name
 
-    get_entry(args.model)  # an unknown name lists the known ones
+    entry = get_entry(args.model)  # an unknown name lists the known ones
+    segmentation = entry.task == "segmentation"
+    if segmentation and args.input is None:
+        raise ValueError(
+            f"--model {args.model}: MIT's segmentation weights are not fetched by name; "
+            "give --input (MIT's .pt checkpoint file)"
+        )
     overrides: dict[str, Any] = {}
     if args.num_classes is not None:
         overrides["num_classes"] = args.num_classes
@@ -49,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
         from efficientvit_jax.zoo.hub import fetch_weights
 
         args.input = fetch_weights(args.model)
-    variables = load_timm_weights(args.input, args.model, **overrides)
-    save_converted(out, variables, model=args.model, overrides=overrides, force=args.force)
+    load = load_mit_weights if segmentation else load_timm_weights
+    variables = load(args.input, args.model, **overrides)
+    model = canonical_name(args.model)  # MIT's hyphenated spelling saved as the registered name
+    save_converted(out, variables, model=model, overrides=overrides, force=args.force)
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"]))
-    print(f"converted {args.model} ({n:,} parameters) -> {out}")
+    print(f"converted {model} ({n:,} parameters) -> {out}")
     return 0

@@ -3,8 +3,9 @@
 ``efficientvit_b1.r288_in1k`` is the architecture ``efficientvit_b1`` with weights trained
 and evaluated at 288 px on ImageNet-1k. The values are timm 1.0's ``pretrained_cfg`` of each
 tag (``timm/models/efficientvit_mit.py`` and ``efficientvit_msra.py``, ``default_cfgs``),
-written out as data; a test compares them with timm's. This module imports nothing of the
-package, so the model registry can read it without a cycle.
+written out as data; a test compares them with timm's. The published top-1 figures live here
+and nowhere else, each with its source (the zoo's ``ModelEntry.top1`` is the default tag's).
+This module imports nothing of the package, so the model registry can read it without a cycle.
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ def split_name(name: str) -> tuple[str, str | None]:
     return model, (tag or None)
 
 
+def tagged_models() -> list[str]:
+    """The architectures that have tags, in timm's order."""
+    return list(dict.fromkeys(t.model for t in _ALL))
+
+
 def list_tags(pattern: str = "*") -> list[str]:
     """Pretrained tags matching a shell-style pattern, in timm's order."""
     return [n for n in TAGS if fnmatch.fnmatch(n, pattern)]
@@ -168,7 +174,7 @@ def unknown_model(name: str, models: Iterable[str] | None = None) -> ValueError:
     pretrained tag: both lists, so that each says the same. ``models``: the zoo's names
     (the registry passes its own; by default the architectures that have tags)."""
     if models is None:
-        models = {t.model for t in _ALL}
+        models = tagged_models()
     return ValueError(
         f"unknown model {split_name(name)[0]!r}; zoo models: {', '.join(sorted(models))}; "
         f"pretrained tags: {', '.join(TAGS)}"

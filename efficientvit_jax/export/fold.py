@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from efficientvit_jax.layers import Conv2d, DepthwiseConv
-from efficientvit_jax.zoo.common import TorchBatchNorm
+from efficientvit_jax.zoo.base import TorchBatchNorm
 
 # Layers whose kernel is ``[..., out]`` with the output channel last, one output per channel.
 _LINEAR = (Conv2d, DepthwiseConv, nn.Conv, nn.Dense)

@@ -44,11 +44,14 @@ class Exportable:
 
 
 def image_shape(config: Any, size: int | tuple[int, int] | None = None) -> tuple[int, int, int]:
-    """One image of ``size`` (default: the config's own, else 224) in the config's layout."""
+    """One image of ``size`` (default: the config's ``image_size``) in the config's layout.
+
+    ``config``: the core's ``EfficientViTConfig`` or a zoo config (``zoo.base.ZooConfig``);
+    both name ``image_size``, ``in_channels`` and ``data_format`` alike."""
     if size is None:
-        size = getattr(config, "image_size", None) or getattr(config, "img_size", None) or 224
+        size = config.image_size
     h, w = (size, size) if isinstance(size, int) else size
-    c = getattr(config, "in_channels", None) or config.in_chans
+    c = config.in_channels
     return (c, h, w) if config.data_format == "NCHW" else (h, w, c)
 
 
@@ -91,8 +94,8 @@ def from_zoo(
         (and not ``random_weights``): the tag's published weights, from the Hugging Face
         Hub's cache (``zoo.hub``).
       random_weights: no ``weights``: the model's own initialisation (``seed``).
-      image_size: the exported input's side (default: the tag's resolution, the config's
-        ``img_size``, else 224).
+      image_size: the exported input's side (default: the tag's resolution, else the
+        config's ``image_size``).
       overrides: config fields (``num_classes``, ``data_format``, ``dtype``).
     """
     from efficientvit_jax.zoo import create_model
@@ -118,12 +121,13 @@ def from_zoo(
 
 def _from_timm_file(name: str, path: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     from efficientvit_jax.zoo import load_timm_weights
+    from efficientvit_jax.zoo.base import current_names
     from efficientvit_jax.zoo.converted import SHAPED_FIELDS
 
     if not os.path.isfile(path):
         raise ValueError(f"weights {os.fspath(path)!r}: no such file")
     # Only the fields that change the variables' shapes matter to the conversion.
-    shaped = {k: v for k, v in overrides.items() if k in SHAPED_FIELDS}
+    shaped = {k: v for k, v in current_names(overrides).items() if k in SHAPED_FIELDS}
     return load_timm_weights(os.fspath(path), name, **shaped)
 
 

@@ -22,9 +22,13 @@ def resolved_image_size(config: TrainConfig) -> int:
         return m.builder.image_size
     if m.image_size is not None:
         return m.image_size
-    from efficientvit_jax.data.tags import get_tag
+    from efficientvit_jax.data.tags import get_tag, split_name, tagged_models
+    from efficientvit_jax.zoo import get_config
 
-    return get_tag(m.name).image_size
+    cfg = get_config(m.name)  # first: an unknown name gets the registry's message
+    if split_name(m.name)[0] in tagged_models():
+        return get_tag(m.name).image_size
+    return cfg.image_size  # a model without published tags (segmentation): its own size
 
 
 def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | None = None) -> Any:
@@ -35,11 +39,10 @@ def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | Non
         from efficientvit_jax.model import EfficientViT
 
         return EfficientViT(m.builder.replace(num_classes=num_classes, **dt))
-    from efficientvit_jax.zoo import create_model, get_config
+    from efficientvit_jax.zoo import create_model
 
     size = resolved_image_size(config)
-    extra = {"img_size": size} if hasattr(get_config(m.name), "img_size") else {}
-    return create_model(m.name, num_classes=num_classes, **extra, **dt)
+    return create_model(m.name, num_classes=num_classes, image_size=size, **dt)
 
 
 def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = None) -> Any:
@@ -104,8 +107,8 @@ def param_shapes(model: Any, size: int) -> Any:
     import jax
     import jax.numpy as jnp
 
-    cfg = model.config
-    c = getattr(cfg, "in_channels", None) or getattr(cfg, "in_chans", 3)
+    cfg = model.config  # the core's or a zoo config: both name ``in_channels``
+    c = cfg.in_channels
     shape = (1, c, size, size) if cfg.data_format == "NCHW" else (1, size, size, c)
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
 

@@ -1,19 +1,27 @@
 """Reading timm checkpoints and turning PyTorch tensors into Flax variables.
 
-The pieces every family's conversion table uses: a safe loader (safetensors,
-or ``torch.load(weights_only=True)``; never a plain pickle), the layout
-changes between PyTorch and Flax kernels, and a report that collects every
-missing, unexpected or mis-shaped tensor before raising once.
+A family's conversion is a table, ``KeyRules``: regular expressions that turn a Flax variable
+path into timm's state-dict key, a table of leaf names (``kernel`` -> ``weight``, ...) and the
+layout changes of kernels. ``convert_state_dict`` runs a table against a model's variable
+shapes and reports every missing, unexpected or mis-shaped tensor at once
+(``ConversionReport``). The checkpoint itself is read by ``load_state_dict``: safetensors or
+``torch.load(weights_only=True)``, never a plain pickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from efficientvit_jax.zoo.base import unflatten
 
 StateDict = Mapping[str, Any]
 
@@ -153,3 +161,77 @@ class ConversionReport:
                 f"{self.what}: {len(problems)} tensor(s) do not match:\n  " + "\n  ".join(problems),
                 self.kinds + [("unexpected", k) for k in extra],
             )
+
+
+# Flax leaf names -> timm's tensor names, the same for every family.
+TORCH_LEAF_NAMES: Mapping[str, str] = {
+    "kernel": "weight",
+    "scale": "weight",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+# (Flax leaf name, rank) -> the PyTorch tensor's transform into the Flax layout.
+TORCH_LAYOUTS: Mapping[tuple[str, int], Callable[[np.ndarray], np.ndarray]] = {
+    ("kernel", 4): conv_kernel,
+    ("kernel", 2): linear_kernel,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRules:
+    """How a family's Flax variables are named and laid out in timm's checkpoints.
+
+    Attributes:
+      what: the checkpoint's description in error messages.
+      modules: ``(pattern, replacement)`` pairs applied in order with ``re.sub`` to the
+        variable's module path, ``"/"``-joined with a trailing ``"/"``
+        (``stages_0/blocks_1/mixer/``); every ``"/"`` left afterwards becomes a ``"."``.
+      leaves: Flax leaf name -> timm's tensor name (others keep their name).
+      layouts: ``(leaf, rank)`` -> the transform of a PyTorch tensor into Flax's layout.
+      ignored_suffixes: checkpoint keys ending so are known and not weights (derived
+        buffers); ``num_batches_tracked`` is always ignored.
+    """
+
+    what: str
+    modules: tuple[tuple[str, str], ...]
+    leaves: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(TORCH_LEAF_NAMES))
+    layouts: Mapping[tuple[str, int], Callable[[np.ndarray], np.ndarray]] = dataclasses.field(
+        default_factory=lambda: dict(TORCH_LAYOUTS)
+    )
+    ignored_suffixes: tuple[str, ...] = ()
+
+    def key(self, path: Sequence[str]) -> str:
+        """The timm state-dict key of the Flax variable at ``path`` (its collection left out:
+        ``("stem", "in_conv", "norm", "scale")`` -> ``"stem.in_conv.norm.weight"``)."""
+        *mods, leaf = path
+        s = "/".join(mods) + "/"
+        for pattern, repl in self.modules:
+            s = re.sub(pattern, repl, s)
+        return s.replace("/", ".") + self.leaves.get(leaf, leaf)
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any], shapes: Mapping[str, Any], rules: KeyRules
+) -> dict[str, Any]:
+    """Flax variables ``{"params", "batch_stats"}`` of the shapes ``shapes`` (``variable_shapes``
+    of the model) from a timm state dict, by ``rules``.
+
+    Every Flax variable is looked up by ``rules.key``, transformed by ``rules.layouts`` and cast
+    to the variable's dtype. Missing, unexpected and mis-shaped tensors are all collected and
+    raised in one ``ConversionError`` (a checkpoint of another variant names its tensors).
+    """
+    sd = {k: to_numpy(v) for k, v in state_dict.items()}
+    report = ConversionReport(sd, rules.what)
+    report.ignore(*(k for k in sd if k.endswith(rules.ignored_suffixes)))
+    out: dict[str, Any] = {}
+    for collection in ("params", "batch_stats"):
+        flat = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes.get(collection, {}))[0]:
+            names = tuple(p.key for p in path)
+            transform = rules.layouts.get((names[-1], len(leaf.shape)))
+            arr = report.take(rules.key(names), tuple(leaf.shape), transform, leaf.dtype)
+            flat[names] = jnp.asarray(arr)
+        out[collection] = unflatten(flat)
+    report.finish()
+    return out

@@ -12,11 +12,12 @@ import json
 import os
 from typing import Any
 
+from efficientvit_jax.zoo.base import current_names
 from efficientvit_jax.zoo.registry import create_model, get_config
 
-# Config fields that change the variables' shapes: an override of one must agree with the
-# folder's; the others (dtype, data_format, drop_rate) apply freely.
-SHAPED_FIELDS = ("num_classes", "in_chans")
+# Config fields that change the variables' shapes in every family (``ZooConfig``): an override
+# of one must agree with the folder's; the others (dtype, data_format, drop_rate) apply freely.
+SHAPED_FIELDS = ("num_classes", "in_channels")
 
 VARIABLES_DIR = "variables"
 META_FILE = "model.json"
@@ -44,11 +45,12 @@ def save_converted(
     ckptr.save(os.path.join(out, VARIABLES_DIR), variables, force=force)
     ckptr.wait_until_finished()
     with open(os.path.join(out, META_FILE), "w") as f:
-        json.dump({"model": model, "overrides": dict(overrides or {})}, f, indent=2)
+        json.dump({"model": model, "overrides": current_names(overrides or {})}, f, indent=2)
 
 
 def read_converted_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """``{"model": name, "overrides": {...}}`` of a converted folder."""
+    """``{"model": name, "overrides": {...}}`` of a converted folder, the overrides under
+    today's names (older folders may hold ``in_chans``)."""
     path = os.path.join(os.fspath(directory), META_FILE)
     try:
         with open(path) as f:
@@ -57,7 +59,7 @@ def read_converted_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a converted-weights folder ({e})") from e
     if not isinstance(meta, dict) or "model" not in meta:
         raise ValueError(f"{path}: not a converted-weights folder (no 'model' entry)")
-    return meta
+    return {**meta, "overrides": current_names(meta.get("overrides") or {})}
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
@@ -80,7 +82,7 @@ def load_converted_as(
 
     The folder may hold any tag of the same variant (``efficientvit_b0.r224_in1k`` weights
     serve ``efficientvit_b0``). ``overrides`` apply to the module; one that changes the
-    variables' shapes (``num_classes``, ``in_chans``) must agree with the folder's. Every
+    variables' shapes (``num_classes``, ``in_channels``) must agree with the folder's. Every
     refusal is a ``ValueError`` of one line naming ``option`` and the folder.
     """
     from efficientvit_jax.data.tags import split_name  # data-only module: names, no models
@@ -95,7 +97,7 @@ def load_converted_as(
     ours, theirs = split_name(name)[0], split_name(meta["model"])[0]
     if ours != theirs:
         raise ValueError(f"{option} {folder} holds {theirs} weights, not {ours}")
-    saved = dict(meta.get("overrides") or {})
+    saved, overrides = meta["overrides"], current_names(overrides)
     converted = get_config(meta["model"], **saved)  # its defaults count too
     for k in SHAPED_FIELDS:
         if k in overrides and overrides[k] != getattr(converted, k):

@@ -1,7 +1,7 @@
 """Named variants with timm's names: ``create_model``, ``list_models``, ``load_timm_weights``.
 
-Each family module (``mit``, ``msra``) registers its variants here when it is
-imported; ``efficientvit_jax.zoo`` imports them all.
+Each family package (``mit``, ``msra``) registers its variants here when it is
+imported (its ``variants`` module); ``efficientvit_jax.zoo`` imports them all.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 
 from efficientvit_jax.data import tags as _tags
+from efficientvit_jax.zoo.base import current_names
 from efficientvit_jax.zoo.convert import ConversionError, StateDict, load_state_dict
 
 
@@ -30,6 +31,12 @@ class ModelEntry:
         raising one ``ValueError`` naming every mismatching tensor.
       top1: published ImageNet-1k top-1 (%) of the timm weights at their default resolution.
       top1_source: where that number is quoted from.
+      task: ``"classification"`` or ``"segmentation"`` (what the module's output is).
+      mit_convert: ``(state_dict, config) -> variables`` for MIT's own checkpoint files
+        (``load_mit_weights``), where the variant has them.
+      dataset: the dataset a segmentation variant is trained on (``"cityscapes"``, ``"ade20k"``).
+      miou: published validation mIoU (%) of MIT's checkpoint; miou_source: where it is quoted from.
+      backbone: the classifier variant whose timm checkpoints fit a segmentation variant's backbone.
     """
 
     name: str
@@ -39,15 +46,27 @@ class ModelEntry:
     convert: Callable[[dict[str, Any], Any], dict[str, Any]]
     top1: float | None = None
     top1_source: str | None = None
+    task: str = "classification"
+    mit_convert: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
+    dataset: str | None = None
+    miou: float | None = None
+    miou_source: str | None = None
+    backbone: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(entry: ModelEntry) -> ModelEntry:
-    """Add a variant (a name can be registered once)."""
+    """Add a variant (a name can be registered once).
+
+    An entry without ``top1`` takes its default tag's from the tag table (``data.tags``,
+    where every published top-1 figure is kept, with its source)."""
     if entry.name in _REGISTRY:
         raise ValueError(f"model {entry.name!r} is already registered")
+    if entry.top1 is None and entry.name in _tags.tagged_models():
+        tag = _tags.get_tag(entry.name)
+        entry = dataclasses.replace(entry, top1=tag.top1, top1_source=tag.top1_source)
     _REGISTRY[entry.name] = entry
     return entry
 
@@ -60,9 +79,18 @@ def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def canonical_name(name: str) -> str:
+    """A registered name for MIT's hyphenated spelling (``"efficientvit-seg-b0-cityscapes"`` ->
+    ``"efficientvit_seg_b0_cityscapes"``); any other name (or tag) as it is."""
+    model, dot, tag = name.partition(".")
+    if model not in _REGISTRY and model.replace("-", "_") in _REGISTRY:
+        return model.replace("-", "_") + dot + tag
+    return name
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry of a model name or tag; an unknown one lists the known ones."""
-    model, tag = _tags.split_name(name)
+    model, tag = _tags.split_name(canonical_name(name))
     if model not in _REGISTRY:
         raise _tags.unknown_model(name, list_models())
     if tag is not None:
@@ -74,11 +102,14 @@ def get_config(name: str, **overrides: Any) -> Any:
     """The variant's config, with fields replaced (e.g. ``num_classes=10``).
 
     A tag (``"efficientvit_m0.r224_in1k"``) sets the input size the architecture depends
-    on, where it depends on one (MSRA's attention-bias tables: ``img_size``).
+    on, where it depends on one (``image_size`` among the config's ``SHAPED_FIELDS``: MSRA's
+    attention-bias tables). The options' old names (``in_chans``, ``img_size``) still work.
     """
+    name = canonical_name(name)
     cfg = get_entry(name).config
-    if _tags.split_name(name)[1] is not None and hasattr(cfg, "img_size"):
-        cfg = dataclasses.replace(cfg, img_size=_tags.get_tag(name).image_size)
+    if _tags.split_name(name)[1] is not None and "image_size" in cfg.SHAPED_FIELDS:
+        cfg = dataclasses.replace(cfg, image_size=_tags.get_tag(name).image_size)
+    overrides = current_names(overrides)
     if overrides:
         fields = {f.name for f in dataclasses.fields(cfg)}
         unknown = sorted(set(overrides) - fields)
@@ -116,6 +147,22 @@ def load_timm_weights(source: str | StateDict, name: str, **overrides: Any) -> d
     return entry.convert(load_state_dict(source), get_config(name, **overrides))
 
 
+def load_mit_weights(source: str | StateDict, name: str, **overrides: Any) -> dict[str, Any]:
+    """Flax variables (``params`` and ``batch_stats``) from one of MIT's checkpoints of ``name``.
+
+    ``source``: a file mit-han-lab/efficientvit releases (a PyTorch zip ``.pt``, read with
+    ``weights_only=True``, never unpickled; a top-level ``state_dict`` entry or a bare state
+    dict), a ``.safetensors`` copy, or an in-memory state dict. ``name``: a registered name or
+    MIT's (``"efficientvit-seg-b0-cityscapes"``). A checkpoint of another variant is refused
+    with every mismatching tensor named. Nothing is downloaded.
+    """
+    entry = get_entry(name)
+    if entry.mit_convert is None:
+        have = ", ".join(n for n in list_models() if _REGISTRY[n].mit_convert is not None)
+        raise ValueError(f"{entry.name}: no reader for MIT's checkpoints; models with one: {have}")
+    return entry.mit_convert(load_state_dict(source), get_config(name, **overrides))
+
+
 def load_timm_backbone(
     source: str | StateDict, name: str, **overrides: Any
 ) -> tuple[dict[str, Any], list[str]]:
@@ -151,6 +198,11 @@ def load_pretrained(name: str, **overrides: Any) -> dict[str, Any]:
     checkpoint's)."""
     from efficientvit_jax.zoo.hub import fetch_weights, hub_file
 
+    if get_entry(name).task == "segmentation":  # no tag table entry: say what works instead
+        raise ValueError(
+            f"{name}: MIT's segmentation weights are not fetched by name; read MIT's checkpoint "
+            "file with load_mit_weights(path, name)"
+        )
     path = fetch_weights(name)
     repo, filename = hub_file(name)
     try:

@@ -1,4 +1,5 @@
-"""The MIT segmentation head on EfficientViT backbones: shapes, non-square inputs, a training step."""
+"""EfficientViT-Seg: the registered variants, output shapes and layouts, the logits' resize, a
+training step. (Equality with MIT's code: ``test_seg_parity.py``.)"""
 
 from __future__ import annotations
 
@@ -11,25 +12,82 @@ import numpy as np
 import optax
 import pytest
 
-from efficientvit_jax.zoo.mit import MIT_CONFIGS
-from efficientvit_jax.zoo.seg import SEG_HEADS, EfficientViTSeg
+from efficientvit_jax.zoo import create_model, get_config, get_entry, list_models, load_mit_weights
+from efficientvit_jax.zoo.seg import MIOU, EfficientViTSeg, SegConfig, resize_logits
 
-B0 = MIT_CONFIGS["efficientvit_b0"]
+B0 = get_config("efficientvit_b0")
 # a minimal backbone (one block per stage, still with attention stages): the train step's
 # XLA compile on B0 costs ~45 s on 2 CPU cores; the head under test is the same
 TINY = dataclasses.replace(
     B0, widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(32, 32)
 )
+PUBLISHED = [
+    *(f"efficientvit_seg_{b}_cityscapes" for b in ("b0", "b1", "b2", "b3", "l1", "l2")),
+    *(f"efficientvit_seg_{b}_ade20k" for b in ("b1", "b2", "b3", "l1", "l2")),
+]
 
 
-def test_non_square_output_shape_and_train_step_lowers_loss(random_variables: Any) -> None:
-    """64x96 input -> [B, 64, 96, C]; one adam step on a fixed batch lowers the cross-entropy."""
-    model = EfficientViTSeg(TINY, num_classes=5, head_width=16, head_depth=1, final_expand=2)
+def test_the_11_variants_are_registered_under_both_spellings() -> None:
+    assert list_models("efficientvit_seg_*") == sorted(PUBLISHED)
+    assert not set(list_models("efficientvit_[bl]*")) & set(PUBLISHED)  # the classifiers' pattern
+    for name in PUBLISHED:
+        entry = get_entry(name.replace("_", "-"))  # MIT's spelling
+        assert entry.name == name and entry.task == "segmentation"
+        assert entry.dataset == name.rsplit("_", 1)[1] and entry.backbone is not None
+        assert entry.miou == MIOU[(entry.backbone, entry.dataset)] and entry.miou_source
+        assert get_config(name.replace("_", "-")) == entry.config
+    assert get_entry("efficientvit_seg_l2_ade20k").miou == 50.702
+    assert create_model("efficientvit-seg-b0-cityscapes", num_classes=3).config.num_classes == 3
+    with pytest.raises(ValueError, match="no reader for MIT's checkpoints"):
+        load_mit_weights({}, "efficientvit_b0")
+    with pytest.raises(ValueError, match="not fetched by name"):  # no download attempted
+        create_model("efficientvit_seg_b1_ade20k", pretrained=True)
+
+
+@pytest.mark.parametrize(
+    "name", ["efficientvit_seg_b0_cityscapes", "efficientvit_seg_l1_cityscapes"]
+)  # fmt: skip
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_logits_at_stride_8_in_the_data_format(name: str, data_format: str) -> None:
+    """``jax.eval_shape``: nothing is computed. (L1 Cityscapes: FusedMBConv, no final conv.)"""
+    model = create_model(name, data_format=data_format)
+    shape = (2, 3, 64, 128) if data_format == "NCHW" else (2, 64, 128, 3)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+    want = (2, 19, 8, 16) if data_format == "NCHW" else (2, 8, 16, 19)
+    assert out.shape == want
+
+
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_resize_logits_equals_torch_interpolate(method: str) -> None:
+    """MIT's evaluation resize (``F.interpolate``, ``align_corners=False``) at integer and
+    arbitrary factors, larger and smaller, in both layouts."""
+    torch = pytest.importorskip("torch", reason="torch is the reference")
+    x = np.random.default_rng(0).normal(size=(2, 5, 16, 32)).astype(np.float32)
+    resize = jax.jit(resize_logits, static_argnames=("size", "data_format", "method"))
+    for size in [(128, 256), (37, 91), (7, 13)]:
+        ref = torch.nn.functional.interpolate(
+            torch.from_numpy(x), size=size, mode=method, align_corners=False
+        ).numpy()
+        nchw = resize(jnp.asarray(x), size, method=method)  # the default: MIT's layout
+        nhwc = resize(jnp.asarray(x.transpose(0, 2, 3, 1)), size, data_format="NHWC", method=method)
+        tol = 1e-5 * np.abs(ref).max()
+        np.testing.assert_allclose(np.asarray(nchw), ref, rtol=0, atol=tol, err_msg=str(size))
+        np.testing.assert_allclose(
+            np.asarray(nhwc).transpose(0, 3, 1, 2), ref, rtol=0, atol=tol, err_msg=str(size)
+        )
+
+
+def test_non_square_train_step_lowers_loss(random_variables: Any) -> None:
+    """64x96 input -> stride-8 logits resized to the labels; one adam step on a fixed batch
+    lowers the cross-entropy (the resize is differentiable)."""
+    cfg = SegConfig(TINY, num_classes=5, head_width=16, head_depth=1, final_expand=2)
+    model = EfficientViTSeg(dataclasses.replace(cfg, data_format="NHWC"))
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, 3, 64, 96)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 64, 96, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 5, size=(2, 64, 96)))
     # random values on eval_shape's tree: a jitted ``init`` costs ~25 s of XLA compile on
-    # CPU (the RNG), the step below ~10 s; init itself is traced in the next test
+    # CPU (the RNG), the step below ~10 s
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     variables = random_variables(shapes, 0)
     params, stats = variables["params"], variables["batch_stats"]
@@ -41,7 +99,8 @@ def test_non_square_output_shape_and_train_step_lowers_loss(random_variables: An
         logits, new = model.apply(
             {"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"]
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        full = resize_logits(logits, labels.shape[1:], data_format="NHWC")
+        loss = optax.softmax_cross_entropy_with_integer_labels(full, labels).mean()
         return loss, (logits, new["batch_stats"])
 
     @jax.jit
@@ -51,31 +110,30 @@ def test_non_square_output_shape_and_train_step_lowers_loss(random_variables: An
         return optax.apply_updates(p, updates), s, o, loss, logits
 
     params, stats, opt_state, loss0, logits = step(params, stats, opt_state)
-    assert logits.shape == (2, 64, 96, 5)
+    assert logits.shape == (2, 8, 12, 5)
     assert np.isfinite(np.asarray(loss0))
     _, _, _, loss1, _ = step(params, stats, opt_state)
     # same batch, one adam step: a real decrease, not noise
     assert float(loss1) < float(loss0) - 1e-3, (float(loss0), float(loss1))
 
 
-def test_published_head_shapes_without_compute() -> None:
-    """MIT head presets build on their backbones (eval_shape: nothing is computed).
-
-    One of each head form: MBConv + final_expand, FusedMBConv with expand 1, FusedMBConv + final_expand.
-    """
-    for key in [
-        ("efficientvit_b0", "cityscapes"),
-        ("efficientvit_l1", "cityscapes"),
-        ("efficientvit_l1", "ade20k"),
-    ]:
-        name, kw = key[0], SEG_HEADS[key]
-        model = EfficientViTSeg(MIT_CONFIGS[name], **kw)
-        x = jax.ShapeDtypeStruct((1, 3, 64, 128), jnp.float32)
-        out = jax.eval_shape(lambda x, m=model: m.init_with_output(jax.random.PRNGKey(0), x)[0], x)
-        assert out.shape == (1, 64, 128, kw["num_classes"]), name
-
-
 def test_indivisible_input_is_rejected() -> None:
-    model = EfficientViTSeg(B0, num_classes=3, head_width=8, head_depth=1)
+    model = EfficientViTSeg(SegConfig(B0, num_classes=3, head_width=8, head_depth=1))
     with pytest.raises(ValueError, match="divisible by 32"):
         jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 3, 64, 80)))
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="middle_op"):
+        SegConfig(B0, middle_op="fmbconv")
+    with pytest.raises(ValueError, match="data_format"):
+        SegConfig(B0, data_format="CHW")
+
+
+def test_convert_needs_mit_file(tmp_path: Any, capsys: Any) -> None:
+    from efficientvit_jax.cli import main
+
+    out = tmp_path / "out"
+    assert main(["convert", "--model", "efficientvit-seg-b0-cityscapes", "--output", str(out)]) == 2
+    assert "give --input (MIT's .pt checkpoint file)" in capsys.readouterr().err
+    assert not out.exists()

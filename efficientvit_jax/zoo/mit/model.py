@@ -1,4 +1,4 @@
-"""The MIT EfficientViT family (Cai et al., ICCV 2023, arXiv 2205.14756), as timm 1.0 defines it.
+"""The MIT EfficientViT models (Cai et al., ICCV 2023, arXiv 2205.14756), as timm 1.0 defines them.
 
 B0-B3 and L1-L3: a convolutional stem, two convolutional stages (MBConv or
 FusedMBConv), two stages of EfficientViT blocks (multi-scale ReLU linear
@@ -6,56 +6,39 @@ attention ``LiteMLA`` followed by an MBConv), and a classifier head
 (1x1 conv, average pool, Linear, LayerNorm, activation, Linear).
 
 Module and parameter names follow timm's state-dict names (``stem/in_conv/conv``,
-``stages_2/blocks_1/context_module/qkv/conv``, ...) so that ``mit_from_timm`` is a
-short table of key patterns. Every block is a named submodule, so it can be
-wrapped in ``nn.remat`` later.
+``stages_2/blocks_1/context_module/qkv/conv``, ...) so that the conversion
+(``zoo.mit.convert``) is a short table of key patterns. Every block is a named
+submodule, so it can be wrapped in ``nn.remat`` later. Every module takes the
+whole ``MITConfig`` and ``train`` as a keyword.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from efficientvit_jax import layers
 from efficientvit_jax.attention import DEFAULT_CHUNK, linear_attention
 from efficientvit_jax.ops import DWConvImpl
-from efficientvit_jax.zoo.common import TorchBatchNorm
-from efficientvit_jax.zoo.convert import ConversionReport, conv_kernel, linear_kernel
-from efficientvit_jax.zoo.registry import ModelEntry, register
+from efficientvit_jax.zoo import base
+from efficientvit_jax.zoo.base import ACTIVATIONS, TORCH_KERNEL_INIT, ConvBNAct
 
 ActName = Literal["hardswish", "gelu_tanh", "gelu", "relu", "relu6"]
 StageKind = Literal["mbconv", "fused", "attention"]
 
-# Each looks jax.nn up when called, not at import: exporters (jax2onnx) patch jax.nn's functions
-# while they trace, and a captured reference would bypass them (HardSwish would become five
-# elementwise nodes, a third of the exported B0's time in onnxruntime).
-_ACTS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "hardswish": lambda x: jax.nn.hard_swish(x),
-    # timm's GELUTanh (the L models) is the tanh approximation ...
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    # ... and nn.GELU the exact erf form (Flax's default is tanh, hence explicit).
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": lambda x: jax.nn.relu(x),
-    "relu6": lambda x: jax.nn.relu6(x),
-}
 
-
-# PyTorch's default conv/Linear init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)), what
-# timm's EfficientViT uses (it has no init of its own), so training from scratch starts alike.
-TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
+@base.accepts_old_names
 @dataclasses.dataclass(frozen=True)
 class MITConfig:
     """Architecture of one MIT EfficientViT variant (defaults: timm's ``efficientvit_b0``).
+
+    The common names (``image_size``, ``in_channels``, ``num_classes``, ``data_format``,
+    dtypes) are ``zoo.base.ZooConfig``'s; ``in_chans`` is the old name of ``in_channels``.
 
     Attributes:
       widths: channels of the stem and of the four stages.
@@ -81,13 +64,18 @@ class MITConfig:
       norm_eps: epsilon of every BatchNorm and of the head's LayerNorm.
       attn_scales: kernel sizes of LiteMLA's multi-scale aggregation.
       attn_eps: LiteMLA's normaliser epsilon (timm: 1e-5).
-      num_classes: classifier outputs; 0 returns the head's hidden features.
+      num_classes: classifier outputs; 0 (or ``None``) returns the head's hidden features.
       drop_rate: dropout before the last Linear (needs a ``"dropout"`` rng in training).
-      in_chans: input channels.
+      image_size: the default input side (224, timm's), used where no size is given (export,
+        summaries, training); the variables do not depend on it and the model takes any
+        height and width divisible by 32.
+      in_channels: input channels.
       data_format: layout of the input images, ``"NCHW"`` (timm's) or ``"NHWC"``.
       dtype: computation dtype; param_dtype: parameter dtype.
       dwconv_impl: depthwise-conv kernel (``ops.depthwise_conv2d``).
     """
+
+    SHAPED_FIELDS: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels")
 
     widths: tuple[int, ...] = (8, 16, 32, 64, 128)
     depths: tuple[int, ...] = (1, 2, 2, 2, 2)
@@ -105,7 +93,8 @@ class MITConfig:
     attn_eps: float = 1e-5
     num_classes: int = 1000
     drop_rate: float = 0.0
-    in_chans: int = 3
+    image_size: int = 224
+    in_channels: int = 3
     data_format: Literal["NCHW", "NHWC"] = "NCHW"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -124,8 +113,8 @@ class MITConfig:
         for name in ("stage_kinds", "fewer_norm", "down_expand", "block_expand"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs {n} entries, got {getattr(self, name)}")
-        if self.act not in _ACTS:
-            raise ValueError(f"act must be one of {sorted(_ACTS)}, got {self.act!r}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
         if self.data_format not in ("NCHW", "NHWC"):
             raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {self.data_format!r}")
         for w, kind in zip(self.widths[1:], self.stage_kinds, strict=True):
@@ -133,8 +122,13 @@ class MITConfig:
                 raise ValueError(f"stage kind must be mbconv, fused or attention, got {kind!r}")
             if kind == "attention" and w % self.head_dim:
                 raise ValueError(f"stage width {w} is not divisible by head_dim {self.head_dim}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.num_classes < 0 or self.in_channels < 1:
+            raise ValueError(
+                f"num_classes must be >= 0 and in_channels >= 1, got {self.num_classes}, "
+                f"{self.in_channels}"
+            )
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
 
     @property
     def feature_widths(self) -> tuple[int, ...]:
@@ -142,17 +136,41 @@ class MITConfig:
         return self.widths[1:]
 
 
-def _torch_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    # timm's get_padding: symmetric ((s - 1) + (k - 1)) // 2 on both sides; XLA's
-    # "SAME" would put the odd extra row of a strided conv at the bottom instead.
-    p = ((stride - 1) + (kernel_size - 1)) // 2
-    return ((p, p), (p, p))
-
-
 # timm's depthwise convs: PyTorch's default init, no bias unless asked.
 DepthwiseConv = functools.partial(
     layers.DepthwiseConv, use_bias=False, kernel_init=TORCH_KERNEL_INIT
 )
+
+
+def ConvNormAct(  # noqa: N802  (the module's name before it became zoo.base's ConvBNAct)
+    features: int,
+    kernel_size: int = 1,
+    stride: int = 1,
+    depthwise: bool = False,
+    use_bias: bool = False,
+    use_norm: bool = True,
+    act: str | None = None,
+    config: MITConfig = MITConfig(),
+    *,
+    name: str | None = None,
+) -> ConvBNAct:
+    """timm's ConvNormAct (conv ``conv``, BatchNorm ``norm``, activation) with the options an
+    ``MITConfig`` sets: ``zoo.base.ConvBNAct`` with the norm's epsilon, dtypes and depthwise
+    kernel of ``config``. Kept with its old positional signature for code that calls it so."""
+    return ConvBNAct(
+        features=features,
+        kernel_size=kernel_size,
+        stride=stride,
+        depthwise=depthwise,
+        use_bias=use_bias,
+        use_norm=use_norm,
+        act=act,
+        norm_eps=config.norm_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        dwconv_impl=config.dwconv_impl,
+        name=name,
+    )
 
 
 class GroupedPointwise(nn.Module):
@@ -187,58 +205,6 @@ def group_major(x: jax.Array, groups: int) -> jax.Array:
     return x.reshape(-1, groups, c // groups).transpose(1, 0, 2)
 
 
-class ConvNormAct(nn.Module):
-    """timm's ConvNormAct: conv (``conv``), optional BatchNorm (``norm``), optional activation."""
-
-    features: int
-    kernel_size: int = 1
-    stride: int = 1
-    depthwise: bool = False
-    use_bias: bool = False
-    use_norm: bool = True
-    act: str | None = None
-    config: MITConfig = MITConfig()
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        cfg = self.config
-        k = self.kernel_size
-        if self.depthwise:
-            x = DepthwiseConv(
-                k,
-                self.stride,
-                use_bias=self.use_bias,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                impl=cfg.dwconv_impl,
-                name="conv",
-            )(x)
-        else:
-            x = layers.Conv2d(
-                self.features,
-                k,
-                self.stride,
-                padding=_torch_padding(k, self.stride),
-                use_bias=self.use_bias,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                kernel_init=TORCH_KERNEL_INIT,
-                name="conv",
-            )(x)
-        if self.use_norm:
-            x = TorchBatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=cfg.norm_eps,
-                dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype,
-                name="norm",
-            )(x)
-        if self.act is not None:
-            x = _ACTS[self.act](x)
-        return x
-
-
 def _flags(fewer_norm: bool, n: int) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """timm's ``use_bias`` / norm tuples: with ``fewer_norm`` only the last conv is normed."""
     if fewer_norm:
@@ -257,17 +223,18 @@ class MBConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        cfg = self.config
         mid = round(x.shape[-1] * self.expand_ratio)
         bias, norm = _flags(self.fewer_norm, 3)
-        act = self.config.act
-        x = ConvNormAct(mid, 1, 1, False, bias[0], norm[0], act, self.config, name="inverted_conv")(
-            x, train=train
-        )
         x = ConvNormAct(
-            mid, 3, self.stride, True, bias[1], norm[1], act, self.config, name="depth_conv"
+            mid, use_bias=bias[0], use_norm=norm[0], act=cfg.act, config=cfg, name="inverted_conv"
         )(x, train=train)
+        x = ConvNormAct(
+            mid, 3, self.stride, depthwise=True, use_bias=bias[1], use_norm=norm[1], act=cfg.act,
+            config=cfg, name="depth_conv",
+        )(x, train=train)  # fmt: skip
         return ConvNormAct(
-            self.features, 1, 1, False, bias[2], norm[2], None, self.config, name="point_conv"
+            self.features, use_bias=bias[2], use_norm=norm[2], config=cfg, name="point_conv"
         )(x, train=train)
 
 
@@ -282,21 +249,15 @@ class FusedMBConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        cfg = self.config
         mid = round(x.shape[-1] * self.expand_ratio)
         bias, norm = _flags(self.fewer_norm, 2)
         x = ConvNormAct(
-            mid,
-            3,
-            self.stride,
-            False,
-            bias[0],
-            norm[0],
-            self.config.act,
-            self.config,
+            mid, 3, self.stride, use_bias=bias[0], use_norm=norm[0], act=cfg.act, config=cfg,
             name="spatial_conv",
-        )(x, train=train)
+        )(x, train=train)  # fmt: skip
         return ConvNormAct(
-            self.features, 1, 1, False, bias[1], norm[1], None, self.config, name="point_conv"
+            self.features, use_bias=bias[1], use_norm=norm[1], config=cfg, name="point_conv"
         )(x, train=train)
 
 
@@ -308,12 +269,11 @@ class DSConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = ConvNormAct(
-            x.shape[-1], 3, 1, True, False, True, self.config.act, self.config, name="depth_conv"
-        )(x, train=train)
-        return ConvNormAct(
-            self.features, 1, 1, False, False, True, None, self.config, name="point_conv"
-        )(x, train=train)
+        cfg = self.config
+        x = ConvNormAct(x.shape[-1], 3, depthwise=True, act=cfg.act, config=cfg, name="depth_conv")(
+            x, train=train
+        )
+        return ConvNormAct(self.features, config=cfg, name="point_conv")(x, train=train)
 
 
 class ConvBlock(nn.Module):
@@ -324,12 +284,9 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = ConvNormAct(
-            x.shape[-1], 3, 1, False, False, True, self.config.act, self.config, name="conv1"
-        )(x, train=train)
-        return ConvNormAct(
-            self.features, 3, 1, False, False, True, None, self.config, name="conv2"
-        )(x, train=train)
+        cfg = self.config
+        x = ConvNormAct(x.shape[-1], 3, act=cfg.act, config=cfg, name="conv1")(x, train=train)
+        return ConvNormAct(self.features, 3, config=cfg, name="conv2")(x, train=train)
 
 
 def relu_linear_attention(
@@ -393,7 +350,7 @@ class LiteMLA(nn.Module):
         b, h, w, c = x.shape
         d = cfg.head_dim
         heads = c // d
-        qkv = ConvNormAct(3 * heads * d, 1, use_norm=False, config=cfg, name="qkv")(x, train=train)
+        qkv = ConvNormAct(3 * heads * d, use_norm=False, config=cfg, name="qkv")(x, train=train)
         # Every scale group-major, [3 * heads, b*h*w, d]; stacked, group 3j + t of a scale is
         # t = q, k, v of one head, heads of the first scale first (timm's channel order).
         multi = [group_major(qkv, 3 * heads)] + [
@@ -406,7 +363,7 @@ class LiteMLA(nn.Module):
         q, k, v = t[:, 0], t[:, 1], t[:, 2]
         out = linear_attention(q, k, v, feature_map="relu", eps=cfg.attn_eps)  # [G, b, n, d]
         out = out.transpose(1, 2, 0, 3).reshape(b, h, w, -1)  # channel = group * d + i
-        return ConvNormAct(self.features, 1, config=cfg, name="proj")(out, train=train)
+        return ConvNormAct(self.features, config=cfg, name="proj")(out, train=train)
 
 
 class EfficientViTBlock(nn.Module):
@@ -419,7 +376,9 @@ class EfficientViTBlock(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         c = x.shape[-1]
         x = x + LiteMLA(c, self.config, name="context_module")(x, train=train)
-        local = MBConv(c, self.expand_ratio, 1, True, self.config, name="local_module")
+        local = MBConv(
+            c, self.expand_ratio, fewer_norm=True, config=self.config, name="local_module"
+        )
         return x + local(x, train=train)
 
 
@@ -433,10 +392,10 @@ class Residual(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        c = x.shape[-1]
-        return x + _local_block(self.kind, c, self.expand_ratio, 1, self.fewer_norm, self.config)(
-            x, train=train
+        main = _local_block(
+            self.kind, x.shape[-1], self.expand_ratio, 1, self.fewer_norm, self.config
         )
+        return x + main(x, train=train)
 
 
 def _local_block(
@@ -522,51 +481,18 @@ class ClassifierHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         cfg = self.config
-        act = _ACTS[cfg.act]
-        x = ConvNormAct(cfg.head_widths[0], 1, act=cfg.act, config=cfg, name="in_conv")(
-            x, train=train
-        )
+        kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype}
+        x = ConvNormAct(cfg.head_widths[0], act=cfg.act, config=cfg, name="in_conv")(x, train=train)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(cfg.dtype)
         x = nn.Dense(
-            cfg.head_widths[1],
-            use_bias=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=TORCH_KERNEL_INIT,
-            name="pre_fc",
+            cfg.head_widths[1], use_bias=False, kernel_init=TORCH_KERNEL_INIT, name="pre_fc", **kw
         )(x)
-        x = nn.LayerNorm(
-            epsilon=cfg.norm_eps,
-            use_fast_variance=False,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            name="norm",
-        )(x)
-        x = act(x)
+        x = nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name="norm", **kw)(x)
+        x = ACTIVATIONS[cfg.act](x)
         if cfg.num_classes == 0:
             return x
         x = nn.Dropout(cfg.drop_rate, deterministic=not train)(x)
-        return nn.Dense(
-            cfg.num_classes,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            kernel_init=TORCH_KERNEL_INIT,
-            name="fc",
-        )(x)
-
-
-def _check_images(cfg: MITConfig, shape: tuple[int, ...]) -> None:
-    if len(shape) != 4:
-        raise ValueError(f"EfficientViTMIT expects rank-4 images ({cfg.data_format}), got {shape}")
-    c, h, w = (
-        (shape[1], shape[2], shape[3]) if cfg.data_format == "NCHW" else shape[3:] + shape[1:3]
-    )
-    if c != cfg.in_chans:
-        raise ValueError(
-            f"EfficientViTMIT expects {cfg.in_chans} channels ({cfg.data_format}), got shape {shape}"
-        )
-    if h % 32 or w % 32:
-        raise ValueError(f"image height and width must be divisible by 32, got shape {shape}")
+        return nn.Dense(cfg.num_classes, kernel_init=TORCH_KERNEL_INIT, name="fc", **kw)(x)
 
 
 class EfficientViTMIT(nn.Module):
@@ -591,11 +517,8 @@ class EfficientViTMIT(nn.Module):
             The same maps are sown as ``intermediates/stage_{i}`` on every call.
         """
         cfg = self.config
-        _check_images(cfg, x.shape)
-        if cfg.data_format == "NCHW":
-            x = jnp.transpose(x, (0, 2, 3, 1))
-        x = x.astype(cfg.dtype)
-        x = Stem(cfg, name="stem")(x, train=train)
+        base.check_images(cfg, x.shape, model="EfficientViTMIT", multiple=32)
+        x = Stem(cfg, name="stem")(base.to_nhwc(cfg, x), train=train)
         feats = []
         for i in range(len(cfg.stage_kinds)):
             x = Stage(i, cfg, name=f"stages_{i}")(x, train=train)
@@ -608,149 +531,7 @@ class EfficientViTMIT(nn.Module):
         return ClassifierHead(cfg, name="head")(x, train=train)
 
 
-# --------------------------------------------------------------------------- conversion
-
-# Flax path (``/``-joined) -> timm key prefix; applied in order, first match per rule.
-_KEY_RULES: tuple[tuple[str, str], ...] = (
-    (r"^stem/res(\d+)/main/", r"stem.res\1.main."),
-    (
-        r"^stages_(\d+)/blocks_(\d+)/(context_module|local_module)/",
-        r"stages.\1.blocks.\2.\3.main.",
-    ),
-    (r"^stages_(\d+)/blocks_(\d+)/main/", r"stages.\1.blocks.\2.main."),
-    (r"aggreg_(\d+)/dw/", r"aggreg.\1.0."),
-    (r"aggreg_(\d+)/pw/", r"aggreg.\1.1."),
-    (r"^head/pre_fc/", "head.classifier.0."),
-    (r"^head/norm/", "head.classifier.1."),
-    (r"^head/fc/", "head.classifier.4."),
-)
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-
-
-def timm_key(flax_path: str) -> str:
-    """The timm state-dict key of a Flax variable path such as ``stem/in_conv/norm/scale``."""
-    *mods, leaf = flax_path.split("/")
-    s = "/".join(mods) + "/"
-    for pat, rep in _KEY_RULES:
-        s = re.sub(pat, rep, s, count=1)
-    return s.replace("/", ".") + _LEAF_NAMES.get(leaf, leaf)
-
-
-def _torch_to_flax(leaf: str, ndim: int) -> Callable[[np.ndarray], np.ndarray] | None:
-    if leaf == "kernel":
-        return conv_kernel if ndim == 4 else linear_kernel
-    return None
-
-
-@functools.lru_cache(maxsize=16)
 def variable_shapes(config: MITConfig) -> dict[str, Any]:
-    """Shapes of the model's variables (``jax.eval_shape``: nothing is computed).
-
-    Cached per config: tracing a large variant takes seconds and every
-    conversion needs it. The result is a tree of ``jax.ShapeDtypeStruct``.
-    """
-    size = (
-        (1, config.in_chans, 32, 32)
-        if config.data_format == "NCHW"
-        else (1, 32, 32, config.in_chans)
-    )
-    model = EfficientViTMIT(config)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(size, config.dtype)))
-
-
-def mit_from_timm(state_dict: Mapping[str, Any], config: MITConfig) -> dict[str, Any]:
-    """Flax variables ``{"params", "batch_stats"}`` from a timm EfficientViT (MIT) state dict.
-
-    Every Flax variable is looked up by ``timm_key`` and transformed
-    (conv kernels ``[O, I, kh, kw] -> [kh, kw, I, O]``, Linear transposed).
-    Missing, unexpected and mis-shaped tensors are all collected and raised in
-    one ``ValueError`` (a checkpoint of another variant names its tensors).
-    """
-    from efficientvit_jax.zoo.convert import to_numpy
-
-    sd = {k: to_numpy(v) for k, v in state_dict.items()}
-    report = ConversionReport(sd, "timm EfficientViT (MIT) checkpoint")
-    shapes = variable_shapes(config)
-    out: dict[str, Any] = {}
-    for col, dtype in (("params", config.param_dtype), ("batch_stats", np.float32)):
-        tree: dict[str, Any] = {}
-        for path, sds in jax.tree_util.tree_flatten_with_path(shapes.get(col, {}))[0]:
-            names = [p.key for p in path]
-            leaf = names[-1]
-            key = timm_key("/".join(names))
-            arr = report.take(key, tuple(sds.shape), _torch_to_flax(leaf, len(sds.shape)), dtype)
-            node = tree
-            for n in names[:-1]:
-                node = node.setdefault(n, {})
-            node[leaf] = jnp.asarray(arr)
-        out[col] = tree
-    report.finish()
-    return out
-
-
-# --------------------------------------------------------------------------- variants
-
-
-def _b(
-    widths: tuple[int, ...], depths: tuple[int, ...], head_dim: int, head_widths: tuple[int, int]
-) -> MITConfig:
-    return MITConfig(widths=widths, depths=depths, head_dim=head_dim, head_widths=head_widths)
-
-
-def _l(widths: tuple[int, ...], depths: tuple[int, ...], head_widths: tuple[int, int]) -> MITConfig:
-    # timm's EfficientVitLarge: ConvBlock stem, FusedMBConv stages 0-1 (expand 16 down, 4 in
-    # blocks), fewer-norm MBConv stage 2 (16 / 4), attention stage 3 (24 down, 6 in blocks),
-    # tanh-GELU and eps 1e-7 for every norm.
-    return MITConfig(
-        widths=widths,
-        depths=depths,
-        head_dim=32,
-        head_widths=head_widths,
-        stem_block="conv",
-        stage_kinds=("fused", "fused", "mbconv", "attention"),
-        fewer_norm=(False, False, True, True),
-        down_expand=(16, 16, 16, 24),
-        block_expand=(4, 4, 4, 6),
-        downsample_in_depth=False,
-        act="gelu_tanh",
-        norm_eps=1e-7,
-    )
-
-
-MIT_CONFIGS: dict[str, MITConfig] = {
-    "efficientvit_b0": _b((8, 16, 32, 64, 128), (1, 2, 2, 2, 2), 16, (1024, 1280)),
-    "efficientvit_b1": _b((16, 32, 64, 128, 256), (1, 2, 3, 3, 4), 16, (1536, 1600)),
-    "efficientvit_b2": _b((24, 48, 96, 192, 384), (1, 3, 4, 4, 6), 32, (2304, 2560)),
-    "efficientvit_b3": _b((32, 64, 128, 256, 512), (1, 4, 6, 6, 9), 32, (2304, 2560)),
-    "efficientvit_l1": _l((32, 64, 128, 256, 512), (1, 1, 1, 6, 6), (3072, 3200)),
-    "efficientvit_l2": _l((32, 64, 128, 256, 512), (1, 2, 2, 8, 8), (3072, 3200)),
-    "efficientvit_l3": _l((64, 128, 256, 512, 1024), (1, 2, 2, 8, 8), (6144, 6400)),
-}
-
-# ImageNet-1k top-1 of the MIT checkpoints that timm's default (r224) weights are ported from,
-# as printed in mit-han-lab/efficientvit assets/eval_efficientvit_cls_model.sh (B1 at crop 0.95,
-# B2/B3/L* at crop 1.0; timm's b2/b3 r224 configs default to crop_pct 0.95). No sourced
-# number was found for B0.
-_MIT_EVAL = "mit-han-lab/efficientvit assets/eval_efficientvit_cls_model.sh ({}-r224, 224px)"
-_TOP1: dict[str, float | None] = {
-    "efficientvit_b0": None,
-    "efficientvit_b1": 79.390,
-    "efficientvit_b2": 82.100,
-    "efficientvit_b3": 83.468,
-    "efficientvit_l1": 84.484,
-    "efficientvit_l2": 85.050,
-    "efficientvit_l3": 85.814,
-}
-
-for _name, _cfg in MIT_CONFIGS.items():
-    register(
-        ModelEntry(
-            name=_name,
-            family="mit",
-            config=_cfg,
-            module=EfficientViTMIT,
-            convert=mit_from_timm,
-            top1=_TOP1[_name],
-            top1_source=None if _TOP1[_name] is None else _MIT_EVAL.format(_name.replace("_", "-")),
-        )
-    )
+    """Shapes of ``EfficientViTMIT(config)``'s variables (``zoo.base.variable_shapes``: cached,
+    nothing computed), a tree of ``jax.ShapeDtypeStruct``."""
+    return base.variable_shapes(EfficientViTMIT, config)

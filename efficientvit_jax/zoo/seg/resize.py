@@ -1,0 +1,94 @@
+"""PyTorch's ``F.interpolate`` (``bilinear``, ``bicubic``, ``align_corners=False``) in JAX.
+
+MIT's segmentation head upsamples its stride-16 and -32 maps bicubically, and MIT's evaluation
+resizes the logits to the label's size the same way (``efficientvit.models.utils.resize``, whose
+default mode is bicubic). ``jax.image.resize`` differs from PyTorch in both places that matter:
+its cubic kernel has a = -0.5 (PyTorch's a = -0.75), and at the borders it renormalises the
+weights where PyTorch repeats the edge pixel. Neither antialiases when it shrinks.
+
+Each output row (column) is a fixed combination of at most 4 input rows (columns), computed in
+NumPy when the function is traced (shapes are static there): per axis, one gather and one
+weighted sum per tap, the columns first and then the rows, as PyTorch's kernels do.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Method = Literal["bilinear", "bicubic"]
+
+_A = -0.75  # PyTorch's bicubic kernel parameter (Keys' cubic convolution)
+
+
+def _cubic(t: np.ndarray) -> np.ndarray:
+    """Weights ``[n, 4]`` of the taps at offsets -1, 0, 1, 2 for fractional positions ``t``,
+    with PyTorch's expressions in ``t``'s dtype (its ``get_cubic_upsample_coefficients``)."""
+
+    def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
+        return ((_A + 2) * x - (_A + 3)) * x * x + 1
+
+    def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
+        return ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
+
+    u = 1 - t
+    return np.stack([far(t + 1), near(t), near(u), far(u + 1)], axis=-1)
+
+
+def taps(in_size: int, out_size: int, method: Method) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices (int32) and weights (float32), both ``[out_size, k]``, along one axis.
+
+    ``k`` is 2 (bilinear) or 4 (bicubic). Sources are PyTorch's half-pixel ones,
+    ``(i + 0.5) * in / out - 0.5``; indices past an edge repeat the edge pixel.
+    """
+    # float32 as PyTorch's CPU kernels compute them for float32 maps, scale * (i + 0.5) - 0.5
+    # being one fused multiply-add (one rounding: the float64 product of two float32 is exact);
+    # the weights then agree to the bit (float64 positions differ by 1e-6)
+    f32 = np.float32
+    scale = np.float64(f32(in_size) / f32(out_size))
+    src = (scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - 0.5).astype(f32)
+    if method == "bilinear":
+        src = np.maximum(src, f32(0))  # PyTorch clamps the linear sources at 0, not the cubic ones
+        base = np.floor(src)
+        offsets, weights = np.arange(2), np.stack([1 - (src - base), src - base], axis=-1)
+    elif method == "bicubic":
+        base = np.floor(src)
+        offsets, weights = np.arange(-1, 3), _cubic(src - base)
+    else:
+        raise ValueError(f"method must be 'bilinear' or 'bicubic', got {method!r}")
+    index = np.clip(base[:, None].astype(np.int64) + offsets, 0, in_size - 1)
+    return index.astype(np.int32), weights
+
+
+def _resize_axis(x: jax.Array, axis: int, size: int, method: Method) -> jax.Array:
+    if x.shape[axis] == size:  # PyTorch's weights are then (0, 1, 0, 0): the identity
+        return x
+    index, weights = taps(x.shape[axis], size, method)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    out = None
+    for k in range(index.shape[1]):
+        w = jnp.asarray(weights[:, k].reshape(shape), x.dtype)
+        term = jnp.take(x, jnp.asarray(index[:, k]), axis=axis) * w
+        out = term if out is None else out + term
+    return out
+
+
+def interpolate(
+    x: jax.Array,
+    size: tuple[int, int],
+    method: Method = "bicubic",
+    *,
+    data_format: Literal["NCHW", "NHWC"] = "NHWC",
+) -> jax.Array:
+    """``torch.nn.functional.interpolate(x, size, mode=method, align_corners=False)``.
+
+    ``x`` is a batch of maps ``[B, H, W, C]`` (or ``[B, C, H, W]`` with ``data_format="NCHW"``),
+    ``size`` the output ``(height, width)``, any size, larger or smaller.
+    """
+    h_axis, w_axis = (2, 3) if data_format == "NCHW" else (1, 2)
+    x = _resize_axis(x, w_axis, int(size[1]), method)
+    return _resize_axis(x, h_axis, int(size[0]), method)

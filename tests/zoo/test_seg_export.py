@@ -1,0 +1,70 @@
+"""EfficientViT-Seg exported to ONNX (run by onnxruntime) and StableHLO, against the JAX model.
+
+Each file has a symbolic batch and is run at batch 1 and 3; the outputs (stride-8 logits) must
+be within 1e-4 of the output scale of ``model.apply`` on the unfolded variables. The input is
+non-square, 64x128, the smallest multiple of 32 with a non-square map at every stride.
+
+The suite exports two variants that hold every kind of node the 11 have: B0 on Cityscapes (the
+B backbone, MBConv head blocks, the final 1x1 conv) and L1 on Cityscapes (the L backbone,
+FusedMBConv head blocks, no final conv); the other nine are the same graphs with other widths
+and depths, and cost 7 minutes of CPU more on 2 cores: ``EVIT_TEST_SEG_EXPORTS=all`` runs them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
+pytest.importorskip("jax2onnx", reason="the export extra (jax2onnx) is needed")
+
+from efficientvit_jax import export  # noqa: E402
+from efficientvit_jax.export.source import Exportable  # noqa: E402
+from efficientvit_jax.zoo import create_model  # noqa: E402
+from efficientvit_jax.zoo.seg import SEG_HEADS, seg_name  # noqa: E402
+
+NAMES = [seg_name(b, d) for b, d in SEG_HEADS]
+ALWAYS = {"efficientvit_seg_b0_cityscapes", "efficientvit_seg_l1_cityscapes"}
+ALL = os.environ.get("EVIT_TEST_SEG_EXPORTS") == "all"
+SHAPE = (3, 64, 128)
+
+
+def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return [sess.run(None, {"images": x})[0] for x in xs]
+
+
+def _stablehlo_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
+    with open(path, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    return [np.asarray(exported.call(x)) for x in xs]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ALL or n in ALWAYS])
+def test_exports_equal_the_jax_model(name: str, random_variables: Any, tmp_path: Path) -> None:
+    model = create_model(name)
+    x1 = jax.ShapeDtypeStruct((1, *SHAPE), jnp.float32)
+    variables = random_variables(jax.eval_shape(model.init, jax.random.key(0), x1), 0)
+    x = np.random.default_rng(1).normal(size=(4, *SHAPE)).astype(np.float32)
+    y = np.asarray(jax.jit(model.apply)(variables, x))  # batch 1 and 3 in one program
+    assert y.shape == (4, model.config.num_classes, SHAPE[1] // 8, SHAPE[2] // 8)
+    tolerance = 1e-4 * max(1.0, float(np.abs(y).max()))
+    source = Exportable(model, variables, SHAPE, jnp.float32, name)
+
+    info = export.export_onnx(source, tmp_path / f"{name}.onnx")
+    assert info["folded_batchnorms"] > 0 and "BatchNormalization" not in info["ops"]
+    hlo = export.export_stablehlo(source, tmp_path / f"{name}.stablehlo")
+    for run, path in ((_onnx_outputs, info["path"]), (_stablehlo_outputs, hlo["path"])):
+        o1, o3 = run(path, x[:1], x[1:])
+        assert o1.shape == y[:1].shape and o3.shape == y[1:].shape, path
+        worst = max(float(np.abs(o1 - y[:1]).max()), float(np.abs(o3 - y[1:]).max()))
+        print(f"{Path(path).name}: max |diff| {worst:.3g} (scale {np.abs(y).max():.3g})")
+        assert worst <= tolerance, (path, worst, tolerance)
