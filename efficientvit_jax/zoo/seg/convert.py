@@ -5,107 +5,95 @@ timm's port: ``backbone.input_stem.op_list.0.conv.weight`` (B) or ``backbone.sta
 whose stem is stage 0), ``backbone.stages.2.op_list.1.context_module.main.qkv.conv.weight``,
 ``head.input_ops.0.op_list.0.conv.weight`` (the stride-32 input: MIT lists the head's inputs
 coarsest first), ``head.middle.op_list.0.main...``, ``head.output_ops.0.op_list.1.conv.weight``.
-``mit_key`` derives each from the Flax path by a short table of patterns; ``seg_from_mit``
-converts a whole state dict and names every tensor that does not fit at once.
+``mit_key`` derives each from the Flax path by the family's ``KeyRules`` (``seg_rules``, one
+table per config: B and L backbones number their stages apart); ``seg_from_mit`` converts a
+whole state dict through ``convert_state_dict``, naming every tensor that does not fit at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from efficientvit_jax.zoo import base
 from efficientvit_jax.zoo.convert import (
-    ConversionReport,
+    KeyRules,
     StateDict,
     conv_kernel,
+    convert_state_dict,
     load_state_dict,
-    to_numpy,
 )
 from efficientvit_jax.zoo.seg.model import EfficientViTSeg, SegConfig, SegHead
 
-Rule = tuple[str, str | Callable[[re.Match[str]], str]]
-
-# Backbones: MIT's B models keep the stem apart (``input_stem``) and number the four stages
-# from 0; its L models make the stem stage 0 and number the others from 1.
-_B_BACKBONE: tuple[Rule, ...] = (
-    (r"^stem/in_conv/", "input_stem.op_list.0."),
-    (r"^stem/res(\d+)/", lambda m: f"input_stem.op_list.{int(m[1]) + 1}."),
-    (r"^stages_(\d+)/blocks_(\d+)/", r"stages.\1.op_list.\2."),
-)
-_L_BACKBONE: tuple[Rule, ...] = (
-    (r"^stem/in_conv/", "stages.0.op_list.0."),
-    (r"^stem/res(\d+)/", lambda m: f"stages.0.op_list.{int(m[1]) + 1}."),
-    (r"^stages_(\d+)/blocks_(\d+)/", lambda m: f"stages.{int(m[1]) + 1}.op_list.{m[2]}."),
-)
 # Inside blocks: an EfficientViT block's two residuals hold their module as ``main``; LiteMLA's
 # aggregation is a Sequential of the depthwise and the grouped pointwise conv.
-_BLOCK: tuple[Rule, ...] = (
+_BLOCK: tuple[tuple[str, str], ...] = (
     (r"(context_module|local_module)/", r"\1.main."),
     (r"aggreg_(\d+)/dw/", r"aggreg.\1.0."),
     (r"aggreg_(\d+)/pw/", r"aggreg.\1.1."),
 )
 # The head: the stride-8 input needs no upsampling, so MIT's OpSequential is absent there.
-_HEAD: tuple[Rule, ...] = (
-    (r"^inputs_32/", "input_ops.0.op_list.0."),
-    (r"^inputs_16/", "input_ops.1.op_list.0."),
-    (r"^inputs_8/", "input_ops.2."),
-    (r"^middle_(\d+)/", r"middle.op_list.\1."),
-    (r"^final_expand/", "output_ops.0.op_list.0."),
+_HEAD: tuple[tuple[str, str], ...] = (
+    (r"^head/inputs_32/", "head.input_ops.0.op_list.0."),
+    (r"^head/inputs_16/", "head.input_ops.1.op_list.0."),
+    (r"^head/inputs_8/", "head.input_ops.2."),
+    (r"^head/middle_(\d+)/", r"head.middle.op_list.\1."),
+    (r"^head/final_expand/", "head.output_ops.0.op_list.0."),
 )
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 
 
-def _apply(rules: tuple[Rule, ...], path: str) -> str:
-    for pattern, replacement in rules:
-        path = re.sub(pattern, replacement, path, count=1)
-    return path
+def _backbone_rules(config: SegConfig) -> tuple[tuple[str, str], ...]:
+    # MIT's B models keep the stem apart (``input_stem``) and number the four stages from 0;
+    # its L models (EfficientViTLargeBackbone) make the stem stage 0 and number the others
+    # from 1. Regex replacements cannot add, so every shifted index gets its own rule.
+    bcfg = config.backbone
+    large = bcfg.stem_block == "conv"
+    stem, shift = ("stages.0", 1) if large else ("input_stem", 0)
+    rules = [(r"^backbone/stem/in_conv/", f"backbone.{stem}.op_list.0.")]
+    rules += [
+        (rf"^backbone/stem/res{i}/", f"backbone.{stem}.op_list.{i + 1}.")
+        for i in range(bcfg.depths[0])
+    ]
+    rules += [
+        (rf"^backbone/stages_{s}/blocks_(\d+)/", rf"backbone.stages.{s + shift}.op_list.\1.")
+        for s in range(len(bcfg.depths) - 1)
+    ]
+    return tuple(rules)
+
+
+@functools.lru_cache(maxsize=32)
+def seg_rules(config: SegConfig) -> KeyRules:
+    """The ``KeyRules`` of ``config``'s MIT checkpoints: B and L backbones number their stem
+    and stages differently, and the classifier's index follows ``final_expand``."""
+    # OpSequential drops the absent final_expand conv: the classifier moves up to index 0
+    classifier = 0 if config.final_expand is None else 1
+    return KeyRules(
+        what="MIT EfficientViT-Seg checkpoint",
+        modules=(
+            *_backbone_rules(config),
+            *_BLOCK,
+            *_HEAD,
+            (r"^head/classifier/", f"head.output_ops.0.op_list.{classifier}.conv."),
+        ),
+        # MIT's seg models are all convolutions: no Linear layer to transpose
+        layouts={("kernel", 4): conv_kernel},
+    )
 
 
 def mit_key(flax_path: str, config: SegConfig) -> str:
     """MIT's state-dict key of a Flax variable path such as ``head/inputs_8/norm/scale``."""
-    top, *mods, leaf = flax_path.split("/")
-    path = "/".join(mods) + "/"
-    if top == "backbone":
-        large = config.backbone.stem_block == "conv"  # MIT's EfficientViTLargeBackbone
-        path = _apply(_BLOCK, _apply(_L_BACKBONE if large else _B_BACKBONE, path))
-    elif path == "classifier/":
-        # OpSequential drops the absent final_expand conv: the classifier moves up to index 0
-        path = f"output_ops.0.op_list.{0 if config.final_expand is None else 1}.conv."
-    else:
-        path = _apply(_HEAD, path)
-    return f"{top}." + path.replace("/", ".") + _LEAF_NAMES.get(leaf, leaf)
-
-
-@functools.lru_cache(maxsize=32)
-def _shapes(config: SegConfig) -> dict[str, Any]:
-    c = config.in_channels
-    x = jax.ShapeDtypeStruct((1, 32, 32, c), jnp.dtype(config.dtype))
-    return jax.eval_shape(EfficientViTSeg(config).init, jax.random.key(0), x)
+    return seg_rules(config).key(flax_path.split("/"))
 
 
 def variable_shapes(config: SegConfig) -> dict[str, Any]:
-    """Shapes of the model's variables (``jax.eval_shape``; cached, tracing a large variant
-    takes seconds). The layout changes no variable, so both share one trace."""
-    return _shapes(dataclasses.replace(config, data_format="NHWC"))
-
-
-def _fill(shapes: Any, take: Callable[[str, tuple[int, ...]], np.ndarray]) -> dict[str, Any]:
-    """A tree of ``shapes``' structure whose leaves are ``take("a/b/leaf", shape)``."""
-    tree: dict[str, Any] = {}
-    for path, sds in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        names = [p.key for p in path]
-        node = tree
-        for n in names[:-1]:
-            node = node.setdefault(n, {})
-        node[names[-1]] = take("/".join(names), tuple(sds.shape))
-    return tree
+    """Shapes of the model's variables (``zoo.base.variable_shapes``: cached, tracing a large
+    variant takes seconds). The layout changes no variable, so both share one trace."""
+    return base.variable_shapes(EfficientViTSeg, dataclasses.replace(config, data_format="NHWC"))
 
 
 def seg_from_mit(state_dict: Mapping[str, Any], config: SegConfig) -> dict[str, Any]:
@@ -115,22 +103,7 @@ def seg_from_mit(state_dict: Mapping[str, Any], config: SegConfig) -> dict[str, 
     [kh, kw, I, O]``). Missing, unexpected and mis-shaped tensors are all collected and raised
     in one ``ConversionError`` (a ``ValueError``): a checkpoint of another variant names them.
     """
-    sd = {k: to_numpy(v) for k, v in state_dict.items()}
-    report = ConversionReport(sd, "MIT EfficientViT-Seg checkpoint")
-    shapes = variable_shapes(config)
-    out = {}
-    for col, dtype in (("params", config.param_dtype), ("batch_stats", np.float32)):
-
-        def take(path: str, shape: tuple[int, ...], col: str = col, dtype: Any = dtype) -> Any:
-            kernel = path.endswith("/kernel") and len(shape) == 4
-            arr = report.take(
-                mit_key(path, config), shape, conv_kernel if kernel else None, jnp.dtype(dtype)
-            )
-            return jnp.asarray(arr)
-
-        out[col] = _fill(shapes.get(col, {}), take)
-    report.finish()
-    return out
+    return convert_state_dict(state_dict, variable_shapes(config), seg_rules(config))
 
 
 class BackboneStart(NamedTuple):
