@@ -3,7 +3,8 @@
 Commands:
   train    train on scikit-learn's digits (no download); metrics, plot, checkpoints
   predict  top classes of image files with a pretrained (or converted) model
-  eval     top-1, top-5 and loss of a model on an image-folder tree
+  segment  label maps and overlays of images with a segmentation model
+  eval     top-1, top-5 and loss of a model on an image-folder tree; mIoU of a segmentation one
   convert  a timm checkpoint of a paper model -> Flax variables saved with orbax
   export   a model -> ONNX or StableHLO file
   summary  parameters per stage, FLOPs and output_size for any config
@@ -26,11 +27,11 @@ import sys
 from collections.abc import Sequence
 
 # Each module registers its subparser (``register(sub)``) with ``func=run``.
-COMMANDS = ("train", "predict", "eval", "convert", "export", "summary", "demo")
+COMMANDS = ("train", "predict", "segment", "eval", "convert", "export", "summary", "demo")
 
 # An optional dependency that is missing -> the extra that brings it, per command: tqdm and
-# orbax come with both `train` and `zoo`, and the README names `zoo` for predict, eval,
-# convert and export (its --weights and --checkpoint); "*" is every other command.
+# orbax come with both `train` and `zoo`, and the README names `zoo` for predict, segment,
+# eval, convert and export (its --weights and --checkpoint); "*" is every other command.
 _ZOO = {"tqdm": "zoo", "orbax": "zoo", "huggingface_hub": "zoo"}
 _EXTRAS: dict[str, dict[str, str]] = {
     "*": {
@@ -45,7 +46,7 @@ _EXTRAS: dict[str, dict[str, str]] = {
         "onnx": "export",
         "onnxruntime": "export",
     },
-    **{command: _ZOO for command in ("predict", "eval", "convert", "export")},
+    **{command: _ZOO for command in ("predict", "segment", "eval", "convert", "export")},
 }
 
 

@@ -1,41 +1,59 @@
 """``efficientvit-jax eval (--model TAG [--weights FILE] | --checkpoint RUN) --data DIR
 [--batch-size N] [--json OUT]``: top-1, top-5 and mean loss on an image-folder tree (one
 subfolder per class; a run's classes are matched by name). Without ``--weights``, the tag's
-published weights (from the Hugging Face Hub's cache)."""
+published weights (from the Hugging Face Hub's cache).
+
+A segmentation model (``--model efficientvit-seg-...`` with MIT's ``--weights``, or a
+segmentation run): mIoU, pixel accuracy and per-class IoU on a Cityscapes, ADE20K or generic
+dataset (``cli.segment.run_eval``).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
-from efficientvit_jax.cli.images import add_pretrained_flags, check_counts, load_classifier
+from efficientvit_jax.cli.images import (
+    add_pretrained_flags,
+    check_counts,
+    check_json_path,
+    load_classifier,
+)
+from efficientvit_jax.cli.segment import add_crop_size_flag, is_segmentation, run_eval
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="top-1, top-5 and loss on an image-folder tree")
+    p = sub.add_parser(
+        "eval", help="top-1, top-5 and loss on an image-folder tree; mIoU of a segmentation model"
+    )
     add_pretrained_flags(p)
-    p.add_argument("--data", required=True, help="folder with one subfolder of images per class")
+    p.set_defaults(batch_size=None)  # per task: 32 classifier images, 1 segmentation image
+    p.add_argument(
+        "--data",
+        required=True,
+        help="folder with one subfolder of images per class; for a segmentation model a "
+        "Cityscapes, ADE20K or generic (images/ + masks/) dataset or one of its splits",
+    )
     p.add_argument("--json", metavar="OUT", default=None, help="write the results to this file")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable images or bad samples (listed)"
+    )
+    add_crop_size_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _check_json_path(path: str) -> None:
-    from efficientvit_jax._io import require_parent
-
-    require_parent(path, "--json")  # names the missing folder
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.access(parent, os.W_OK):
-        raise ValueError(f"--json {path} cannot be written (is a folder, or no writable folder)")
-
-
 def run(args: argparse.Namespace) -> int:
+    if is_segmentation(args):
+        args.batch_size = 1 if args.batch_size is None else args.batch_size
+        return run_eval(args)
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    if args.crop_size is not None:
+        raise ValueError("--crop-size is for segmentation models")
     check_counts(args)
     if args.json is not None:
-        _check_json_path(args.json)
+        check_json_path(args.json)
     from tqdm import tqdm
 
     from efficientvit_jax.data.folders import relabel, scan_folder

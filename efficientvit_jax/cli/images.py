@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -88,3 +89,13 @@ def label_names(num_classes: int) -> list[str]:
     if num_classes == imagenet.NUM_CLASSES:
         return list(imagenet.class_names())
     return [str(i) for i in range(num_classes)]
+
+
+def check_json_path(path: str) -> None:
+    """A ``--json OUT`` file that can be written, checked before any work."""
+    from efficientvit_jax._io import require_parent
+
+    require_parent(path, "--json")  # names the missing folder
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path} cannot be written (is a folder, or no writable folder)")
