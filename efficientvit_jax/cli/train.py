@@ -1,5 +1,7 @@
 """``efficientvit-jax train``: train on scikit-learn's digits (the main job) or, with
-``--data DIR``, on image folders; metrics, plot, checkpoints.
+``--data DIR``, on image folders or a segmentation dataset (with an ``efficientvit_seg_*``
+``--model``); ``--preset digits-seg`` is the digits segmentation job (its data generated
+first); metrics, plot, checkpoints.
 
 Only flags -> ``training.TrainConfig`` here; the run is ``training.train(config, workdir)``.
 Every flag defaults to ``None`` ("not given"), so that the config's own defaults (the
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
 from efficientvit_jax.cli.common import add_model_flags
+from efficientvit_jax.training.config import PRESETS
 from efficientvit_jax.training.distributed import add_scale_flags
 
 DEFAULT_OUTPUT = "runs/digits"
@@ -25,6 +29,7 @@ _BUILDER = (
 )  # fmt: skip
 # Flags that only a folder run takes.
 _FOLDER_ONLY = ("model", "weights", "val_split")
+PRESET_OUTPUT = "runs/{preset}"  # a preset's default --output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +73,8 @@ def add_folder_flags(p: argparse.ArgumentParser) -> None:
     from efficientvit_jax.training.config import AUGMENT_LEVELS
 
     g = p.add_argument_group("training on image folders (--data)")
-    g.add_argument("--data", help="DIR/train/<class>/... and DIR/val/<class>/...")
+    g.add_argument("--data", help="DIR/train/<class>/... and DIR/val/<class>/...; with a "
+                   "segmentation --model, a Cityscapes, ADE20K or generic (train/ + val/) root")  # fmt: skip
     g.add_argument("--val-split", type=float, help="hold out this fraction of DIR")
     g.add_argument("--model", help="zoo name or tag (default: the core builder at 224 px)")
     g.add_argument("--weights", help="start from a timm checkpoint or convert folder")
@@ -79,6 +85,19 @@ def add_folder_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema-decay", type=float, help="also keep an EMA of the weights")
     g.add_argument("--workers", type=int, help="decoding threads (default 2)")
     g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed)")
+    g.add_argument("--scale-range", type=_float_pair, metavar="LOW,HIGH",
+                   help="segmentation: random scale of the evaluation size (default 0.5,2.0)")  # fmt: skip
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a documented job: digits-seg generates its dataset into --data "
+                        "(default OUTPUT/data) unless there, then trains on it")  # fmt: skip
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    return lo, hi
 
 
 def _flag_paths() -> dict[str, str]:
@@ -112,39 +131,85 @@ def given_values(args: argparse.Namespace, zoo: bool) -> dict[str, Any]:
     return out
 
 
+def output_folder(args: argparse.Namespace) -> str:
+    """``--output``, or the default of the job (a preset's own)."""
+    if args.output:
+        return args.output
+    return PRESET_OUTPUT.format(preset=args.preset) if args.preset else DEFAULT_OUTPUT
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The ``TrainConfig`` the flags describe: the digits preset or a folder run's, with the
-    given flags over it (a new run), or the stored recipe with them (``--resume``)."""
-    from efficientvit_jax.config import EfficientViTConfig
-    from efficientvit_jax.training.config import DataOptions, ModelOptions, TrainConfig
+    """The ``TrainConfig`` the flags describe: the digits preset, a folder run's or a named
+    preset's, with the given flags over it (a new run), or the stored recipe with them
+    (``--resume``)."""
+    from efficientvit_jax.training.config import TrainConfig
     from efficientvit_jax.training.run import stored_config
 
     if args.resume:
-        stored = stored_config(args.output or DEFAULT_OUTPUT)
+        stored = stored_config(output_folder(args))
         # --max-steps says where this invocation stops: not carried over from the last one.
         given = {"schedule.max_steps": None, **given_values(args, stored.model.name is not None)}
         return stored.with_values(given)
-    if args.data is None:
+    if args.data is None and args.preset is None:
         for flag in _FOLDER_ONLY:
             if getattr(args, flag) is not None:
                 raise ValueError(f"--{flag.replace('_', '-')} needs --data (the digits job takes neither)")  # fmt: skip
         return TrainConfig().with_values(given_values(args, zoo=False))
-    given = given_values(args, zoo=args.model is not None)
-    if args.model is not None:
+    base = _base_config(args)
+    given = given_values(args, zoo=base.model.name is not None)
+    if base.model.name is not None:
         builder = sorted(k for k in given if k.startswith("model.builder."))
         if builder:  # as before the typed config: accepted, and now said to be unused
             flags = ", ".join("--" + k.rsplit(".", 1)[1].replace("_", "-") for k in builder)
-            print(f"note: {flags} are core-builder options, unused by --model {args.model} "
-                  "(its architecture is fixed; --image-size and --precision apply)")  # fmt: skip
+            print(f"note: {flags} are core-builder options, unused by --model "
+                  f"{given.get('model.name', base.model.name)} (its architecture is fixed; "
+                  "--image-size and --precision apply)")  # fmt: skip
             given = {k: v for k, v in given.items() if k not in builder}
     elif "model.builder.num_classes" in given:
         raise ValueError("--num-classes: a folder run has one output per class folder")
-    # A folder run from scratch: the builder's own defaults (Edifice's) at 224 px, RGB.
-    builder = None if args.model else EfficientViTConfig(in_channels=3)
-    model = ModelOptions(name=args.model, builder=builder)
-    base = TrainConfig(data=DataOptions(folder=args.data), model=model)
-    given = {k: v for k, v in given.items() if k not in ("data.folder", "model.name")}
-    return base.with_values(given)
+    drop = ("data.folder",) if args.preset else ("data.folder", "model.name")
+    return base.with_values({k: v for k, v in given.items() if k not in drop})
+
+
+def _base_config(args: argparse.Namespace) -> Any:
+    """What the given flags go over: a preset (its data in ``--data``, by default
+    ``OUTPUT/data``); a zoo model's run (a segmentation model's with ``SEG_DEFAULTS``); or
+    the builder's own defaults (Edifice's) at 224 px, RGB, for a folder run from scratch."""
+    from efficientvit_jax.config import EfficientViTConfig
+    from efficientvit_jax.training.config import (
+        SEG_DEFAULTS,
+        DataOptions,
+        ModelOptions,
+        TrainConfig,
+    )
+
+    if args.preset is not None:
+        return PRESETS[args.preset](args.data or os.path.join(output_folder(args), "data"))
+    data = DataOptions(folder=args.data)
+    if args.model is None:
+        return TrainConfig(data=data, model=ModelOptions(builder=EfficientViTConfig(in_channels=3)))
+    from efficientvit_jax.zoo import get_entry
+
+    base = TrainConfig(data=data, model=ModelOptions(name=args.model))
+    seg = get_entry(args.model).task == "segmentation"
+    return base.with_values(SEG_DEFAULTS) if seg else base
+
+
+def prepare_preset_data(preset: str, folder: str, output: str) -> None:
+    """The dataset of ``preset`` in ``folder``: generated there unless it exists (then used
+    as it is). A folder inside ``output`` makes ``output`` first."""
+    from efficientvit_jax._io import check_output_writable
+    from efficientvit_jax.data import digits_seg
+
+    if os.path.exists(folder):
+        print(f"{preset}: using the dataset in {folder}", flush=True)
+        return
+    inside = os.path.abspath(folder).startswith(os.path.abspath(output) + os.sep)
+    if inside:
+        check_output_writable(output)
+    spec = digits_seg.Spec()
+    print(f"{preset}: writing {spec.train} + {spec.val} canvases into {folder}", flush=True)
+    digits_seg.generate(folder, spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,5 +221,8 @@ def run(args: argparse.Namespace) -> int:
 
     from efficientvit_jax.training.run import train
 
-    train(config, args.output or DEFAULT_OUTPUT, resume=bool(args.resume))
+    output = output_folder(args)
+    if args.preset is not None and not args.resume:
+        prepare_preset_data(args.preset, config.data.folder, output)
+    train(config, output, resume=bool(args.resume))
     return 0

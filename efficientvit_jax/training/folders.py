@@ -89,6 +89,11 @@ def find_splits(root: str, val_split: float | None = None) -> Splits:
 
 
 def _check_classes(where: str, classes: tuple[str, ...]) -> None:
+    if set(classes) == {"images", "masks"}:  # not two classes: image/mask pairs
+        raise ValueError(
+            f"{where} holds images/ and masks/: a segmentation dataset; train a segmentation "
+            "model on it (--model efficientvit_seg_b0_cityscapes, ...)"
+        )
     if len(classes) < 2:  # scan_folder refuses zero
         raise ValueError(
             f"{where} has one class folder ({classes[0]}); training needs at least two "

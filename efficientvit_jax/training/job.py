@@ -1,8 +1,10 @@
-"""A whole classifier training run: optimizer, (sharded) steps, the loop, held-out evaluation
-(raw and EMA weights), and the files a run leaves (``metrics.json``, ``curves.png``).
+"""A whole training run: optimizer, (sharded) steps, the loop, held-out evaluation (raw and
+EMA weights), and the files a run leaves (``metrics.json``, ``curves.png``).
 
-The data comes as a ``Source``: in-memory arrays (``array_source``: the digits job) or image
-folders (``training.folders``). Any flax classifier works.
+The data comes as a ``Source``: in-memory arrays (``array_source``: the digits job), image
+folders (``training.folders``) or segmentation datasets (``training.seg_data``). What is
+learned and how it is scored is a ``Task``: classification by default (any flax classifier
+works), segmentation from ``training.seg``; both run through the same step and loop.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from efficientvit_jax.training.loop import EpochBatches, RunLog, Schedule, fit
 from efficientvit_jax.training.report import plot_curves, write_json
 from efficientvit_jax.training.state import TrainState, create_train_state
 from efficientvit_jax.training.steps import (
+    LossFn,
+    classification_loss,
     evaluate,
     make_eval_step,
     make_optimizer,
@@ -112,15 +116,43 @@ class Tuning:
     frozen_backbone: bool = False
 
 
-def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float, frozen: bool):
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a run learns and how it is scored; the defaults are classification.
+
+    Attributes:
+      loss_fn: the train step's ``steps.LossFn``; ``None``: the classifier's cross-entropy
+        with ``optim.label_smoothing``.
+      make_eval_step: ``model -> (state, batch) -> sums`` for the held-out batches.
+      evaluate: ``(eval_step, state, batches) -> metrics`` (``loss``, ``accuracy``, the
+        ``score``, ``count``).
+      score: the metric that picks the best weights (raw or EMA) and leads the final line.
+      finish: ``(state, workdir, main) -> None`` after the final evaluation, on every process
+        (more outputs, e.g. ``training.seg.predictions_plot``).
+    """
+
+    loss_fn: LossFn | None = None
+    make_eval_step: Callable[[Any], Callable] = make_eval_step
+    evaluate: Callable[..., dict[str, Any]] = evaluate
+    score: str = "accuracy"
+    finish: Callable[[TrainState, str, bool], None] | None = None
+
+
+CLASSIFICATION = Task()
+
+
+def _steps(
+    model: Any, optimizer: Any, state: TrainState, setup: Any, loss: LossFn | None, frozen: bool
+):
     """``(state, train_step)``: partitioned over the mesh when there is more than one device
-    or a loss scale, else the plain jitted step."""
+    or a loss scale, else the plain jitted step; one step body (``steps.make_train_step``)
+    with ``loss`` in every case (``None``: the classifier's, without smoothing)."""
     from efficientvit_jax.training import precision
 
     step_fn = None
     if setup is not None and setup.loss_scale is not None:
         step_fn = precision.make_train_step_with_loss_scale(
-            model, optimizer, label_smoothing=ls, jit=False, frozen_backbone=frozen
+            model, optimizer, jit=False, frozen_backbone=frozen, loss_fn=loss
         )
     if setup is not None and (sharding.batch_size_per_step(setup.mesh) > 1 or step_fn):
         shardings = sharding.state_sharding(
@@ -128,13 +160,13 @@ def _steps(model: Any, optimizer: Any, state: TrainState, setup: Any, ls: float,
         )
         state = sharding.shard_state(state, setup.mesh, shardings)
         return state, sharding.make_sharded_train_step(
-            model, optimizer, setup.mesh, shardings, label_smoothing=ls, step_fn=step_fn,
-            frozen_backbone=frozen,
+            model, optimizer, setup.mesh, shardings, step_fn=step_fn, frozen_backbone=frozen,
+            loss_fn=loss,
         )  # fmt: skip
-    return state, make_train_step(model, optimizer, label_smoothing=ls, frozen_backbone=frozen)
+    return state, make_train_step(model, optimizer, frozen_backbone=frozen, loss_fn=loss)
 
 
-def _held_out_fn(model: Any, source: Source, state: TrainState) -> Callable[..., dict]:
+def _held_out_fn(model: Any, source: Source, state: TrainState, task: Task) -> Callable[..., dict]:
     """Held-out metrics of the raw weights and, where the optimizer keeps one, of the EMA.
 
     Where ``state`` lives on a mesh (``_steps`` sharded it), the held-out batches are split
@@ -142,16 +174,16 @@ def _held_out_fn(model: Any, source: Source, state: TrainState) -> Callable[...,
     it): the step's sums then cover the global batch and come back replicated, the same
     numbers on every process.
     """
-    eval_step = make_eval_step(model)
+    eval_step = task.make_eval_step(model)
     placed = getattr(state.step, "sharding", None)
     if isinstance(placed, NamedSharding):
         eval_step = _sharded_eval_step(eval_step, placed.mesh)
 
     def held_out(state: TrainState) -> dict[str, float]:
-        out = evaluate(eval_step, state, source.held_out())
+        out = task.evaluate(eval_step, state, source.held_out())
         ema = ema_params(state.opt_state)
         if ema is not None:
-            e = evaluate(eval_step, state.replace(params=ema), source.held_out())
+            e = task.evaluate(eval_step, state.replace(params=ema), source.held_out())
             out.update({f"ema_{k}": v for k, v in e.items() if k != "count"})
         return out
 
@@ -176,6 +208,7 @@ def train_classifier(
     setup: Any = None,
     *,
     tuning: Tuning = Tuning(),
+    task: Task = CLASSIFICATION,
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
     t_start: float | None = None,
@@ -183,7 +216,8 @@ def train_classifier(
     """Train ``model`` on ``source`` as ``config`` says; returns the metrics written to
     ``workdir/metrics.json`` (``run_info`` is stored in them as ``config``).
 
-    ``setup`` is a ``distributed.ScaleSetup`` (mesh, precision) or ``None`` for one device.
+    ``setup`` is a ``distributed.ScaleSetup`` (mesh, precision) or ``None`` for one device;
+    ``task`` what is learned and scored (classification unless said otherwise).
     """
     t_start = time.perf_counter() if t_start is None else t_start
     batch_size = config.data.batch_size
@@ -194,11 +228,11 @@ def train_classifier(
     max_steps = config.schedule.max_steps
     stop = total if max_steps is None else min(max_steps, total)
     optimizer, state = _start(model, source, config, setup, tuning, total)
-    ls = config.optim.label_smoothing
-    state, train_step = _steps(model, optimizer, state, setup, ls, tuning.frozen_backbone)
+    loss = task.loss_fn or classification_loss(config.optim.label_smoothing)
+    state, train_step = _steps(model, optimizer, state, setup, loss, tuning.frozen_backbone)
     # Restored after sharding, into the sharded state: each process reads its own pieces.
     state, log = _restore(ckpt, state) if resume else (state, RunLog())
-    held_out = _held_out_fn(model, source, state)
+    held_out = _held_out_fn(model, source, state, task)
     start_step = int(jax.device_get(state.step))
     main = jax.process_index() == 0  # prints and files: one process speaks for the run
     if main:
@@ -212,17 +246,18 @@ def train_classifier(
     final = held_out(state)
     step = int(jax.device_get(state.step))
     metrics = {
-        **{f"test_{k}": v for k, v in final.items()},
-        "step": step, "total_steps": total, "epochs_completed": step // spe,
-        "wall_time_s": time.perf_counter() - t_start, "steps_this_run": step - start_step,
-        "backend": jax.default_backend(),
+        **{f"test_{k}": v for k, v in final.items()}, "step": step, "total_steps": total,
+        "epochs_completed": step // spe, "wall_time_s": time.perf_counter() - t_start,
+        "steps_this_run": step - start_step, "backend": jax.default_backend(),
         "config": run_info if run_info is not None else config.to_dict(),
         "history": log.history, "step_losses": log.step_losses,
     }  # fmt: skip
-    if "ema_accuracy" in final:
-        metrics["best"] = "ema" if final["ema_accuracy"] > final["accuracy"] else "raw"
+    if f"ema_{task.score}" in final:
+        metrics["best"] = "ema" if final[f"ema_{task.score}"] > final[task.score] else "raw"
+    if task.finish is not None:  # on every process: it may gather a sharded state
+        task.finish(state, workdir, main)
     if main:  # every process computed the same metrics; checkpoints were saved by all
-        _write_outputs(workdir, metrics, log, final, ckpt)
+        _write_outputs(workdir, metrics, log, final, ckpt, task.score)
     return metrics
 
 
@@ -278,14 +313,26 @@ def _default_optimizer(config: TrainConfig) -> Callable[[int], optax.GradientTra
     return make
 
 
-def _write_outputs(out: str, metrics: dict, log: RunLog, final: dict, ckpt: Checkpointer) -> None:
+def _write_outputs(
+    out: str, metrics: dict, log: RunLog, final: dict, ckpt: Checkpointer, score: str
+) -> None:
     metrics_path, plot_path = os.path.join(out, "metrics.json"), os.path.join(out, "curves.png")
     write_json(metrics_path, metrics)
     plot_curves(plot_path, log.step_losses, log.history)
-    n_ok = round(final["accuracy"] * final["count"])
-    line = f"test accuracy: {final['accuracy']:.2%} ({n_ok}/{final['count']} held-out images)"
-    if "ema_accuracy" in final:
-        line += f", EMA weights {final['ema_accuracy']:.2%} (best: {metrics['best']})"
-    print(f"{line} after {metrics['step']} steps; {metrics['wall_time_s']:.1f} s in all")
+    print(f"{_final_line(final, score, metrics.get('best'))} after {metrics['step']} steps; "
+          f"{metrics['wall_time_s']:.1f} s in all")  # fmt: skip
     ckpt_path = os.path.join(ckpt.directory, str(metrics["step"]))
     print(f"wrote {metrics_path}, {plot_path}, checkpoint {ckpt_path}")
+
+
+def _final_line(final: dict, score: str, best: str | None) -> str:
+    """The run's result in words: accuracy with the count right, or mIoU and pixel accuracy."""
+    if score == "miou":
+        line = (f"held-out mIoU: {final['miou']:.2%}, pixel accuracy {final['accuracy']:.2%} "
+                f"({final['count']} images)")  # fmt: skip
+    else:
+        n_ok = round(final["accuracy"] * final["count"])
+        line = f"test accuracy: {final['accuracy']:.2%} ({n_ok}/{final['count']} held-out images)"
+    if f"ema_{score}" in final:
+        line += f", EMA weights {final[f'ema_{score}']:.2%} (best: {best})"
+    return line

@@ -64,10 +64,15 @@ class RunLog:
             "step": step,
             "train_loss": float(np.mean(self.step_losses[sl])),
             "train_accuracy": float(np.mean(self.step_accuracies[sl])),
-            **{f"test_{k}": v for k, v in held_out.items() if k != "count"},
+            # scalars only: per-class lists (segmentation) stay in the final metrics
+            **{f"test_{k}": v for k, v in held_out.items() if k != "count" and _scalar(v)},
         }
         self.history.append(entry)
         return entry
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,15 +209,20 @@ def _epoch(
             if run.step % spe == 0:  # epoch done: evaluate before a save, so the save has it
                 e = log.end_epoch(run.step // spe, run.step, spe, evaluate(state))
                 if run.main:
-                    bar.write(
-                        f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, held-out "
-                        f"loss {e['test_loss']:.4f}, accuracy {e['test_accuracy']:.2%}"
-                    )
+                    bar.write(_epoch_line(e))
             if run.step % schedule.save_every == 0 or run.step == schedule.stop:
                 run.save(state, log)
             if run.agree_on_stop() or run.step >= schedule.stop:
                 break
     return state
+
+
+def _epoch_line(e: Mapping[str, Any]) -> str:
+    line = (f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}, held-out loss "
+            f"{e['test_loss']:.4f}, accuracy {e['test_accuracy']:.2%}")  # fmt: skip
+    if "test_miou" in e:  # segmentation: pixel accuracy, and the mIoU that matters
+        line += f", mIoU {e['test_miou']:.2%}"
+    return line
 
 
 @contextlib.contextmanager

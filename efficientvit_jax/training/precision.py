@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from efficientvit_jax.training.state import TrainState
-from efficientvit_jax.training.steps import Metrics, all_finite, make_train_step
+from efficientvit_jax.training.steps import LossFn, Metrics, all_finite, make_train_step
 
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -129,6 +129,7 @@ def make_train_step_with_loss_scale(
     donate: bool = True,
     jit: bool = True,
     frozen_backbone: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``steps.make_train_step`` with dynamic loss scaling (for ``float16`` compute): a
     thin wrapper passing it ``loss_scale_of`` (one step body for both).
@@ -147,6 +148,7 @@ def make_train_step_with_loss_scale(
         so the BatchNorm statistics stay as loaded; pair it with
         ``dynamic_loss_scale(finetune.finetune_optimizer(..., backbone_opt=None))``, whose
         backbone updates are zero at any scale.
+      loss_fn: as for ``steps.make_train_step`` (a ``steps.LossFn``; default the classifier's).
     """
     return make_train_step(
         model,
@@ -156,4 +158,5 @@ def make_train_step_with_loss_scale(
         frozen_backbone=frozen_backbone,
         loss_scale_of=lambda opt_state: loss_scale_state(opt_state).scale,
         jit=jit,
+        loss_fn=loss_fn,
     )

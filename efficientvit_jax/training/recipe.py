@@ -31,6 +31,15 @@ def resolved_image_size(config: TrainConfig) -> int:
     return cfg.image_size  # a model without published tags (segmentation): its own size
 
 
+def is_segmentation(config: TrainConfig) -> bool:
+    """Whether ``config`` trains a segmentation model (a registered ``efficientvit_seg_*``)."""
+    if config.model.name is None:
+        return False
+    from efficientvit_jax.zoo import get_entry
+
+    return get_entry(config.model.name).task == "segmentation"
+
+
 def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | None = None) -> Any:
     """The module of ``config.model`` with ``num_classes`` outputs, computing in
     ``dtype_options`` (``precision.dtype_options``; default float32)."""
@@ -48,7 +57,9 @@ def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | Non
 def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = None) -> Any:
     """The evaluation ``data.DataConfig`` of the run (what ``create_transform`` takes).
 
-    A tag: its own (timm's) at the training size. The builder on folders: the whole image
+    A tag: its own (timm's) at the training size. A segmentation model: its crop, bicubic
+    (``segment`` and ``eval`` prepare whole images by the dataset's rule, not this size).
+    The builder on folders: the whole image
     (crop 1.0), bilinear, ImageNet's statistics. The digits: one grey channel, bilinear, the
     training split's mean and std (``digits_stats``), so a digit drawn in a file goes through
     the same steps as the arrays did.
@@ -56,6 +67,8 @@ def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = No
     from efficientvit_jax.data import DataConfig, resolve_data_config
 
     fmt, size = model.config.data_format, resolved_image_size(config)
+    if is_segmentation(config):  # MIT's evaluation's: bicubic, ImageNet's statistics
+        return DataConfig((3, size, size), "bicubic", crop_pct=1.0, data_format=fmt)
     if config.model.name is not None:
         return resolve_data_config(config.model.name, input_size=size, data_format=fmt)
     if digits_stats is not None:
@@ -74,7 +87,7 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
     m, o = config.model, config.optim
     if m.weights is None:
         return Tuning()
-    pretrained = load_pretrained_start(config)
+    pretrained = load_pretrained_start(config, num_classes)
     holder: dict[str, Any] = {}
 
     def prepare(state: Any) -> Any:
@@ -95,7 +108,10 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
             )  # fmt: skip
 
         shapes = param_shapes(model, resolved_image_size(config))
-        head = holder.get("head") or finetune.classifier_paths(shapes, num_classes)
+        if is_segmentation(config):  # what did not load (the head, or its classifier)
+            head = new_modules(shapes, pretrained["params"]) or ["head/classifier"]
+        else:
+            head = holder.get("head") or finetune.classifier_paths(shapes, num_classes)
         backbone = None if m.freeze_backbone else adamw(o.learning_rate * o.backbone_lr_scale)
         return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head)
 
@@ -127,20 +143,64 @@ def _head_paths(merged: Any, num_classes: int) -> list[str]:
     return heads or finetune.classifier_paths(merged.variables["params"], num_classes)
 
 
-def load_pretrained_start(config: TrainConfig) -> dict[str, Any]:
-    """Variables from a timm checkpoint (its classifier dropped when it has another size) or
-    a ``convert`` folder of the same architecture."""
+def new_modules(shapes: Any, pretrained: Any) -> list[str]:
+    """The modules (``"head/classifier"``) of parameter tree ``shapes`` with a leaf that
+    ``pretrained`` lacks or has in another shape: what fine-tuning initialises afresh."""
+    from flax import traverse_util
+
+    have = traverse_util.flatten_dict(dict(pretrained), sep="/")
+    new = {
+        path.rsplit("/", 1)[0]
+        for path, leaf in traverse_util.flatten_dict(dict(shapes), sep="/").items()
+        if path not in have or tuple(have[path].shape) != tuple(leaf.shape)
+    }
+    return sorted(new)
+
+
+def load_pretrained_start(config: TrainConfig, num_classes: int | None = None) -> dict[str, Any]:
+    """Variables from a timm checkpoint (its classifier dropped when it has another size),
+    a ``convert`` folder of the same architecture, or for a segmentation model one of MIT's
+    checkpoints (``seg_pretrained_start``; ``num_classes``: the run's, to say whether the
+    classifier is dropped)."""
     from efficientvit_jax.zoo.converted import load_converted_as
 
     m = config.model
     if not os.path.exists(m.weights):
         raise ValueError(f"--weights {m.weights}: no such file or folder")
+    if is_segmentation(config) and not os.path.isdir(m.weights):
+        return seg_pretrained_start(config, num_classes)
     if os.path.isdir(m.weights):
         # any head size: merge_pretrained re-initialises a classifier that does not fit
         return load_converted_as(m.name, m.weights)[1]
     variables, dropped = _timm_at_some_size(m.name, m.weights, resolved_image_size(config))
     if dropped:
         print(f"checkpoint classifier not loaded (another class count): {', '.join(dropped)}")
+    return variables
+
+
+def seg_pretrained_start(config: TrainConfig, num_classes: int | None) -> dict[str, Any]:
+    """A segmentation model's start from a file: one of MIT's checkpoints of the variant (any
+    class count: read at its own, so ``merge_pretrained`` re-initialises the classifier where
+    it differs) or a timm checkpoint of the backbone (the head new). Prints what was left out."""
+    from efficientvit_jax.zoo import get_config, load_mit_weights, seg_from_timm_backbone
+    from efficientvit_jax.zoo.convert import load_state_dict
+    from efficientvit_jax.zoo.seg import mit_key
+
+    m = config.model
+    sd = load_state_dict(m.weights)
+    if not any(k.startswith("backbone.") for k in sd):  # timm's classifier: no "backbone."
+        start = seg_from_timm_backbone(sd, m.name, seed=config.seed)
+        print(f"timm classifier tensors not loaded: {', '.join(start.dropped) or 'none'}")
+        return {c: {"backbone": start.variables[c]["backbone"]} for c in start.variables}
+    cfg = get_config(m.name)
+    key = mit_key("head/classifier/kernel", cfg)
+    if key not in sd:
+        raise ValueError(f"--weights {m.weights}: no {key}: not one of MIT's seg checkpoints")
+    k = int(sd[key].shape[0])
+    variables = load_mit_weights(sd, m.name, num_classes=k)
+    if k != num_classes:
+        head = [mit_key(f"head/classifier/{leaf}", cfg) for leaf in ("bias", "kernel")]
+        print(f"checkpoint classifier not loaded (another class count, {k}): {', '.join(head)}")
     return variables
 
 
@@ -152,12 +212,12 @@ def _timm_at_some_size(name: str, weights: str, size: int) -> tuple[dict[str, An
     from efficientvit_jax.zoo import get_config, load_timm_backbone
     from efficientvit_jax.zoo.convert import ConversionError
 
-    if not hasattr(get_config(name), "img_size"):
+    if "image_size" not in get_config(name).SHAPED_FIELDS:
         return load_timm_backbone(weights, name)
     error = None
     for s in dict.fromkeys([size, get_tag(name).image_size]):
         try:
-            return load_timm_backbone(weights, name, img_size=s)
+            return load_timm_backbone(weights, name, image_size=s)
         except ConversionError as e:
             error = error or e
     raise error
@@ -191,6 +251,18 @@ def augmenter(level: str, data_config: Any, num_classes: int, model: str | None)
     return per_image, mix
 
 
+def seg_augmenter(config: TrainConfig, layout: str) -> Any:
+    """The ``data.seg_augment.SegAugment`` of a segmentation run: ``augment.level`` and
+    ``augment.scale_range`` around the evaluation size of the dataset's ``layout``, cropped
+    to the training size."""
+    from efficientvit_jax.data.seg_augment import SegAugment
+    from efficientvit_jax.data.seg_transform import mit_eval_transform
+
+    base = mit_eval_transform(layout).input_size
+    a = config.augment
+    return SegAugment(a.level, resolved_image_size(config), a.scale_range, base)
+
+
 def describe_model(config: TrainConfig, model: Any) -> str:
     """One line naming the model a run trains (the builder's options in full: a from-scratch
     folder run must not hide which preset it took)."""
@@ -208,7 +280,11 @@ __all__ = [
     "build_model",
     "data_config",
     "describe_model",
+    "is_segmentation",
+    "new_modules",
     "param_shapes",
     "pretrained_tuning",
     "resolved_image_size",
+    "seg_augmenter",
+    "seg_pretrained_start",
 ]

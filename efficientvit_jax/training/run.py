@@ -1,10 +1,13 @@
 """``train(config, workdir)``: a ``TrainConfig`` run end to end, like flax's
-``train_and_evaluate``. The digits job and folder training (from scratch or fine-tuned, any
-zoo family) are the same call; ``efficientvit-jax train`` only builds the config.
+``train_and_evaluate``. The digits job, folder training (from scratch or fine-tuned, any
+zoo family) and segmentation (an ``efficientvit_seg_*`` model on a segmentation dataset:
+``training.seg``, ``training.seg_data``) are the same call; ``efficientvit-jax train`` only
+builds the config.
 
 A run folder holds ``config.json`` (the recipe), ``run.json`` (what the data decided: the
-class names and the evaluation data config), ``checkpoints/``, ``metrics.json`` and
-``curves.png``; ``efficientvit_jax.load_run`` reads it back.
+class names and the evaluation data config; for segmentation also the task, the layout and
+the ignore index), ``checkpoints/``, ``metrics.json``, ``curves.png`` (and a segmentation
+run's ``predictions.png``); ``efficientvit_jax.load_run`` reads it back.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _Data:
     classes: tuple[str, ...]
     splits: Any = None  # folders: ``training.folders.Splits``
     digits: Any = None  # digits: ``training.digits.Split``
+    seg: Any = None  # segmentation: ``training.seg_data.SegSplits``
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = False) -> dict:
@@ -69,15 +73,16 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     eval_data = recipe.data_config(config, model, stats)
     tuning = recipe.pretrained_tuning(config, model, len(data.classes))  # reads --weights
     source, skipped = _source(config, data, eval_data, setup)
+    task = _task(config, model, data, source)
     if main:
         print(recipe.describe_model(config, model), flush=True)
     ckpt = _open_checkpoints(config, workdir, resume)
     if main:
         save_config(config, workdir)
-        _write_run_file(workdir, data.classes, eval_data)
+        _write_run_file(workdir, data, eval_data)
     info = {**config.to_dict(), "classes": list(data.classes)}
     metrics = train_classifier(
-        model, source, config, ckpt, workdir, setup, tuning=tuning, resume=resume,
+        model, source, config, ckpt, workdir, setup, tuning=tuning, task=task, resume=resume,
         run_info=info, t_start=t_start,
     )  # fmt: skip
     _report_skipped(skipped(), setup)
@@ -128,10 +133,31 @@ def _read_data(config: TrainConfig) -> _Data:
                 f"{config.data.batch_size} (data.batch_size)"
             )
         return _Data(DIGIT_CLASSES, digits=digits)
+    from efficientvit_jax.training import recipe
+
+    if recipe.is_segmentation(config):
+        return _Data(*_read_seg_data(config))
     from efficientvit_jax.training.folders import find_splits
 
     splits = find_splits(config.data.folder, config.data.val_split)
     return _Data(tuple(splits.classes), splits=splits)
+
+
+def _read_seg_data(config: TrainConfig) -> tuple[tuple[str, ...], None, None, Any]:
+    """A segmentation dataset's splits, after the rules only segmentation has."""
+    from efficientvit_jax.training import recipe
+    from efficientvit_jax.training.seg_data import find_seg_splits
+
+    if config.data.val_split is not None:
+        raise ValueError(
+            "--val-split: a segmentation dataset brings its own val split (data.val_split)"
+        )
+    size = recipe.resolved_image_size(config)
+    if size % 32:
+        raise ValueError(f"--image-size must be a multiple of 32 for a segmentation model (its "
+                         f"stride-32 stage), got {size} (model.image_size)")  # fmt: skip
+    splits = find_seg_splits(config.data.folder, skip_bad=config.data.skip_bad)
+    return splits.classes, None, None, splits
 
 
 def _source(config: TrainConfig, data: _Data, eval_data: Any, setup: Any) -> tuple[Any, Any]:
@@ -145,6 +171,8 @@ def _source(config: TrainConfig, data: _Data, eval_data: Any, setup: Any) -> tup
     eval_bs = eval_batch_size(d.eval_batch_size, setup)
     if data.digits is not None:
         return array_source(data.digits, d.batch_size, eval_bs, config.seed, **share), list
+    if data.seg is not None:
+        return _seg_source(config, data, eval_data.data_format, eval_bs, share)
     from efficientvit_jax.training.folders import folder_source
 
     k = len(data.classes)
@@ -155,6 +183,44 @@ def _source(config: TrainConfig, data: _Data, eval_data: Any, setup: Any) -> tup
         skip_bad=d.skip_bad, **share,
     )  # fmt: skip
     return source, lambda: list(pipe.skipped)
+
+
+def _seg_source(config: TrainConfig, data: _Data, fmt: str, eval_bs: int, share: dict) -> tuple:
+    """A segmentation run's ``(Source, skipped())``: held-out images in the model's layout."""
+    from efficientvit_jax.data.seg_transform import mit_eval_transform
+    from efficientvit_jax.training import recipe
+    from efficientvit_jax.training.seg_data import seg_source
+
+    d = config.data
+    return seg_source(
+        data.seg, recipe.seg_augmenter(config, data.seg.layout),
+        mit_eval_transform(data.seg.layout, fmt), batch_size=d.batch_size,
+        eval_batch_size=eval_bs, seed=config.seed, workers=d.workers, skip_bad=d.skip_bad,
+        **share,
+    )  # fmt: skip
+
+
+PREDICTIONS_SHOWN = 4  # held-out images in a segmentation run's predictions.png
+
+
+def _task(config: TrainConfig, model: Any, data: _Data, source: Any) -> Any:
+    """Classification, or segmentation with its loss, mIoU and predictions plot."""
+    from efficientvit_jax.training.job import CLASSIFICATION
+
+    if data.seg is None:
+        return CLASSIFICATION
+    from efficientvit_jax.data.segmentation import dataset_colors
+    from efficientvit_jax.training.seg import predictions_plot, segmentation_task
+
+    k, seg = len(data.classes), data.seg
+    plot = predictions_plot(
+        model, lambda: source.held_out.samples(PREDICTIONS_SHOWN), data.classes,
+        dataset_colors(seg.layout, k),
+    )  # fmt: skip
+    return segmentation_task(
+        model, k, label_smoothing=config.optim.label_smoothing,
+        ignore_index=seg.train.ignore_index, finish=plot,
+    )  # fmt: skip
 
 
 def identity(config: TrainConfig) -> dict[str, Any]:
@@ -183,16 +249,21 @@ def _open_checkpoints(config: TrainConfig, workdir: str, resume: bool) -> Any:
     return ckpt
 
 
-def _write_run_file(workdir: str, classes: tuple[str, ...], eval_data: Any) -> None:
+def _write_run_file(workdir: str, data: _Data, eval_data: Any) -> None:
     from efficientvit_jax._io import write_json
     from efficientvit_jax.training.checkpoint import config_to_dict
 
-    info = {"classes": list(classes), "data_config": config_to_dict(eval_data)}
+    info = {"classes": list(data.classes), "data_config": config_to_dict(eval_data)}
+    if data.seg is not None:  # what segment and eval need beyond the classes
+        from efficientvit_jax.training.seg_data import seg_run_info
+
+        info.update(seg_run_info(data.seg))
     write_json(os.path.join(workdir, RUN_FILE), info)
 
 
 def read_run_file(workdir: str) -> dict[str, Any]:
-    """``run.json`` of a run folder: ``classes`` and ``data_config``."""
+    """``run.json`` of a run folder: ``classes`` and ``data_config`` (a segmentation run:
+    also ``task``, ``layout`` and ``ignore_index``)."""
     path = os.path.join(workdir, RUN_FILE)
     try:
         with open(path) as f:

@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from efficientvit_jax.training.state import TrainState
-from efficientvit_jax.training.steps import Metrics, make_train_step
+from efficientvit_jax.training.steps import LossFn, Metrics, make_train_step
 
 DATA = "data"
 FSDP = "fsdp"
@@ -240,6 +240,7 @@ def make_sharded_train_step(
     step_fn: Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]
     | None = None,
     frozen_backbone: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, Metrics]]:
     """The train step, partitioned over ``mesh``: ``(state, batch) -> (state, metrics)``.
 
@@ -249,8 +250,9 @@ def make_sharded_train_step(
     the metrics are replicated scalars, readable from every process.
 
     Args:
-      model, optimizer, label_smoothing, frozen_backbone: as for ``steps.make_train_step``
-        (the last two only shape the default step: a ``step_fn`` brings its own).
+      model, optimizer, label_smoothing, frozen_backbone, loss_fn: as for
+        ``steps.make_train_step`` (the last three only shape the default step: a ``step_fn``
+        brings its own).
       mesh: a mesh from ``make_mesh``.
       state_shardings: from ``state_sharding``.
       donate: reuse the input state's buffers for the output state.
@@ -264,6 +266,7 @@ def make_sharded_train_step(
             label_smoothing=label_smoothing,
             donate=False,
             frozen_backbone=frozen_backbone,
+            loss_fn=loss_fn,
         )
     rep = replicated(mesh)
     bsh = batch_sharding(mesh)

@@ -20,6 +20,10 @@ from efficientvit_jax.metrics import batch_metrics
 from efficientvit_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
+# ``(logits, batch) -> (mean loss, accuracy)``, both float32 scalars: what a train step
+# minimises. Classification's is ``classification_loss``; segmentation's (pixels, an ignore
+# index) is ``training.seg.seg_loss``. One step body serves both.
+LossFn = Callable[[jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array]]
 
 
 def cross_entropy(
@@ -52,6 +56,18 @@ def cross_entropy(
     mask = mask.astype(jnp.float32)
     denom = jnp.maximum(mask.sum(), 1.0)
     return (losses * mask).sum() / denom, (correct * mask).sum() / denom
+
+
+def classification_loss(label_smoothing: float = 0.0) -> LossFn:
+    """The classifier's ``LossFn``: ``cross_entropy`` of ``batch["labels"]`` with the
+    smoothing, weighted by ``batch["mask"]`` where there is one."""
+
+    def loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        return cross_entropy(
+            logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
+        )
+
+    return loss
 
 
 def _decay_mask(params: Any) -> Any:
@@ -142,7 +158,7 @@ def _loss_and_grads(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     *,
-    label_smoothing: float,
+    loss_fn: LossFn,
     frozen: bool,
     scale: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array, Any, Any]:
@@ -150,17 +166,15 @@ def _loss_and_grads(
     ``loss * scale`` where a loss scale is given (the returned loss is unscaled)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+    def objective(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
         logits, stats = apply_for_training(
             model, params, state, batch["images"], dropout_key, frozen=frozen
         )
-        loss, acc = cross_entropy(
-            logits, batch["labels"], label_smoothing=label_smoothing, mask=batch.get("mask")
-        )
+        loss, acc = loss_fn(logits, batch)
         # No multiplication without a scale, so the plain step's graph is the plain loss's.
         return (loss if scale is None else loss * scale), (loss, acc, stats)
 
-    (_, (loss, acc, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, acc, stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     return loss, acc, stats, grads
 
 
@@ -185,6 +199,7 @@ def make_train_step(
     frozen_backbone: bool = False,
     loss_scale_of: Callable[[Any], jax.Array] | None = None,
     jit: bool = True,
+    loss_fn: LossFn | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
 
@@ -194,10 +209,10 @@ def make_train_step(
     whose weight decay is the head's alone), which keeps the backbone's weights. The
     sharded step takes the same flag (``sharding.make_sharded_train_step``).
 
-    Metrics: ``loss`` (mean cross-entropy with the smoothing, float32), ``accuracy`` and
-    ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends on
-    the state only. With ``donate=True`` the input state's buffers are reused for the
-    output (the old state must not be used after the call).
+    Metrics: ``loss`` and ``accuracy`` (``loss_fn``'s: by default cross-entropy with the
+    smoothing, float32) and ``grad_norm``. The drop-path key is ``fold_in(state.rng,
+    state.step)``: it depends on the state only. With ``donate=True`` the input state's
+    buffers are reused for the output (the old state must not be used after the call).
 
     Args:
       loss_scale_of: ``opt_state -> scale`` for dynamic loss scaling (see
@@ -207,17 +222,15 @@ def make_train_step(
         ``loss_scale`` and ``finite`` (1.0 or 0.0).
       jit: ``False`` returns the plain function (e.g. to hand to
         ``sharding.make_sharded_train_step(step_fn=...)``, which jits it).
+      loss_fn: what to minimise (``LossFn``); default ``classification_loss(label_smoothing)``
+        (the smoothing is then the loss function's business).
     """
+    loss_fn = loss_fn or classification_loss(label_smoothing)
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         scale = None if loss_scale_of is None else loss_scale_of(state.opt_state)
         loss, acc, stats, grads = _loss_and_grads(
-            model,
-            state,
-            batch,
-            label_smoothing=label_smoothing,
-            frozen=frozen_backbone,
-            scale=scale,
+            model, state, batch, loss_fn=loss_fn, frozen=frozen_backbone, scale=scale
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -81,7 +81,7 @@ def setup(precision: str, data: int = 1, fsdp: int = 1) -> tuple[Any, Any, Any, 
         rng=jax.random.PRNGKey(0),
         batch_stats=variables["batch_stats"],
     )
-    state, step = job._steps(model, optimizer, state, setup, 0.0, True)
+    state, step = job._steps(model, optimizer, state, setup, None, True)
     return state, step, batch, head
 
 

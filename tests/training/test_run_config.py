@@ -100,6 +100,8 @@ RULES = [
     ("schedule.warmup_steps", -1, ">= 0", "digits"),
     ("schedule.warmup_steps", 2.5, ">= 0", "digits"),
     ("augment.level", "heavy", "one of none, light, strong", "digits"),
+    ("augment.scale_range", (2.0, 1.0), "LOW,HIGH with 0 < LOW <= HIGH", "digits"),
+    ("augment.scale_range", (0.0, 1.0), "LOW,HIGH with 0 < LOW <= HIGH", "digits"),
     ("ema.decay", 1.0, "in [0, 1)", "digits"),
     ("ema.decay", -0.5, "in [0, 1)", "digits"),
     ("ema.decay", math.nan, "in [0, 1)", "digits"),
@@ -349,7 +351,7 @@ def test_with_values_refuses_unknown_paths():
 
 # 3. The command line -> the config -------------------------------------------------------
 
-EXCLUDED = {"help", "output", "resume", "no_progress", *_BUILDER}
+EXCLUDED = {"help", "output", "resume", "no_progress", "preset", *_BUILDER}
 DATA = ["--data", "d"]
 WEIGHTS = ["--data", "d", "--model", ZOO, "--weights", "w.safetensors"]
 # argparse dest -> (base flags, the flag and its value, the field, its value in the config)
@@ -374,6 +376,7 @@ FLAG_CASES: dict[str, tuple[list[str], list[str], str, Any]] = {
     "backbone_lr_scale": (WEIGHTS, ["--backbone-lr-scale", "0.5"], "optim.backbone_lr_scale",
                           0.5),
     "augment": (DATA, ["--augment", "strong"], "augment.level", "strong"),
+    "scale_range": (DATA, ["--scale-range", "0.75,1.5"], "augment.scale_range", (0.75, 1.5)),
     "ema_decay": ([], ["--ema-decay", "0.99"], "ema.decay", 0.99),
     "workers": (DATA, ["--workers", "4"], "data.workers", 4),
     "skip_bad": (DATA, ["--skip-bad"], "data.skip_bad", True),
