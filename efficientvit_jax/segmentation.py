@@ -114,7 +114,8 @@ def load_segmenter(
     """A ``Segmenter`` of zoo segmentation model ``name`` (``efficientvit_seg_b0_cityscapes`` or
     MIT's ``efficientvit-seg-b0-cityscapes``) with ``weights``: one of MIT's checkpoint files
     (``.pt``, ``.safetensors``; ``zoo.load_mit_weights``) or a folder ``efficientvit-jax
-    convert`` wrote. Preprocessing (``mit_eval_transform``, with MIT's ``crop_size``), classes
+    convert`` wrote; ``None``: MIT's published checkpoint, from the Hugging Face Hub's cache
+    (downloaded into it on first use). Preprocessing (``mit_eval_transform``, with MIT's ``crop_size``), classes
     and colours: those of the model's dataset, as MIT's evaluation has them. One-line ``ValueError`` for a classifier's name, missing or
     mismatching weights."""
     from efficientvit_jax import zoo
@@ -123,12 +124,9 @@ def load_segmenter(
     if entry.task != "segmentation":
         seg = ", ".join(zoo.list_models("efficientvit_seg_*"))
         raise ValueError(f"--model {name} is a classifier, not a segmentation model ({seg})")
-    if weights is None:
-        raise ValueError(
-            f"--model {name}: MIT's segmentation weights are not fetched by name; give --weights "
-            "(MIT's .pt checkpoint file, or a folder `efficientvit-jax convert` wrote)"
-        )
     name = entry.name  # MIT's hyphenated spelling -> the registered name (no tags to keep)
+    if weights is None:  # MIT's published checkpoint, through the Hub's cache
+        weights = zoo.fetch_pretrained(name)
     weights = os.fspath(weights)
     if not os.path.exists(weights):
         raise ValueError(f"--weights {weights}: no such file or folder")

@@ -5,8 +5,9 @@
 
 writes ``out/variables`` and ``out/model.json`` (``efficientvit_jax.zoo.load_converted``
 reads them back). A segmentation model's ``--input`` is one of MIT's checkpoint files
-(``load_mit_weights``). Without ``--input``, the tag's published weights (from the Hugging
-Face Hub's cache, downloaded into it on first use; classifiers only).
+(``load_mit_weights``). Without ``--input``, the published weights (a tag's timm file, MIT's
+checkpoint of a segmentation model; from the Hugging Face Hub's cache, downloaded into it on
+first use).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--input",
         help=".safetensors or PyTorch zip checkpoint: timm's, or MIT's for a segmentation model "
-        "(default: the tag's published weights, from the Hugging Face Hub's cache)",
+        "(default: the published weights, from the Hugging Face Hub's cache)",
     )
     p.add_argument("--output", required=True, help="directory to write (must be empty or new)")
     p.add_argument("--num-classes", type=int, default=None, help="if the head was re-sized")
@@ -46,11 +47,6 @@ def run(args: argparse.Namespace) -> int:
 
     entry = get_entry(args.model)  # an unknown name lists the known ones
     segmentation = entry.task == "segmentation"
-    if segmentation and args.input is None:
-        raise ValueError(
-            f"--model {args.model}: MIT's segmentation weights are not fetched by name; "
-            "give --input (MIT's .pt checkpoint file)"
-        )
     overrides: dict[str, Any] = {}
     if args.num_classes is not None:
         overrides["num_classes"] = args.num_classes
@@ -61,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if os.path.isdir(out) and os.listdir(out) and not args.force:
         raise ValueError(f"--output {args.output} is not empty (use --force to overwrite)")
     if args.input is None:
-        from efficientvit_jax.zoo.hub import fetch_weights
+        from efficientvit_jax.zoo import fetch_pretrained
 
-        args.input = fetch_weights(args.model)
+        args.input = fetch_pretrained(args.model)
     load = load_mit_weights if segmentation else load_timm_weights
     variables = load(args.input, args.model, **overrides)
     model = canonical_name(args.model)  # MIT's hyphenated spelling saved as the registered name

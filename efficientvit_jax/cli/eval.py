@@ -3,8 +3,8 @@
 subfolder per class; a run's classes are matched by name). Without ``--weights``, the tag's
 published weights (from the Hugging Face Hub's cache).
 
-A segmentation model (``--model efficientvit-seg-...`` with MIT's ``--weights``, or a
-segmentation run): mIoU, pixel accuracy and per-class IoU on a Cityscapes, ADE20K or generic
+A segmentation model (``--model efficientvit-seg-...``, with MIT's checkpoint as ``--weights``
+or, without it, MIT's published one; or a segmentation run): mIoU, pixel accuracy and per-class IoU on a Cityscapes, ADE20K or generic
 dataset (``cli.segment.run_eval``).
 """
 

@@ -1,7 +1,8 @@
-"""``efficientvit-jax segment IMAGE|DIR... (--model M --weights F | --checkpoint RUN) --output DIR
+"""``efficientvit-jax segment IMAGE|DIR... (--model M [--weights F] | --checkpoint RUN) --output DIR
 [--json]``: each image's label map (``DIR/<stem>.png``, a palette PNG at the image's size in
 the dataset's colours) and an overlay (``DIR/<stem>_overlay.jpg``), preprocessed as the model's
-evaluation. ``--weights``: one of MIT's checkpoint files or a ``convert`` folder.
+evaluation. ``--weights``: one of MIT's checkpoint files or a ``convert`` folder; without it,
+MIT's published checkpoint (from the Hugging Face Hub's cache).
 
 Also the segmentation half of ``eval`` (``run_eval``): mIoU, pixel accuracy and per-class IoU
 on a Cityscapes, ADE20K or generic dataset.
@@ -33,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     g = p.add_argument_group("model (--model --weights, or --checkpoint)")
     g.add_argument("--model", help="segmentation model, e.g. efficientvit-seg-b0-cityscapes")
-    g.add_argument("--weights", help="MIT's checkpoint (.pt, .safetensors) or a convert folder")
+    g.add_argument(
+        "--weights",
+        help="MIT's checkpoint (.pt, .safetensors) or a convert folder (default: MIT's published "
+        "checkpoint, from the Hugging Face Hub's cache)",
+    )
     add_checkpoint_flags(g)
     p.add_argument(
         "--output", "-o", required=True, help="folder for <stem>.png, <stem>_overlay.jpg"

@@ -104,9 +104,9 @@ def from_zoo(
     if weights is not None and random_weights:
         raise ValueError(f"model {name!r}: a weights file or random weights, not both")
     if weights is None and not random_weights:
-        from efficientvit_jax.zoo.hub import fetch_weights
+        from efficientvit_jax.zoo import fetch_pretrained
 
-        weights = fetch_weights(name)
+        weights = fetch_pretrained(name)
     if weights is not None and os.path.isdir(weights):
         module, variables = load_converted_as(name, weights, **overrides)
     else:

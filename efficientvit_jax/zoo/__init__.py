@@ -1,7 +1,7 @@
 """The published EfficientViT models with timm's names and weights.
 
 Importing this package registers every family. ``create_model``,
-``list_models``, ``load_timm_weights`` and ``load_pretrained`` (a tag's published weights,
+``list_models``, ``load_timm_weights`` and ``load_pretrained`` (a model's published weights,
 from the Hugging Face Hub: ``zoo.hub``) are the entry points; ``load_mit_weights`` reads MIT's
 own checkpoints of the segmentation models (``zoo.seg``).
 """
@@ -12,6 +12,7 @@ from efficientvit_jax.zoo.converted import is_converted, load_converted, save_co
 from efficientvit_jax.zoo.registry import (
     ModelEntry,
     create_model,
+    fetch_pretrained,
     get_config,
     get_entry,
     list_models,
@@ -19,12 +20,14 @@ from efficientvit_jax.zoo.registry import (
     load_pretrained,
     load_timm_backbone,
     load_timm_weights,
+    pretrained_file,
 )
 from efficientvit_jax.zoo.seg import seg_from_timm_backbone
 
 __all__ = [
     "ModelEntry",
     "create_model",
+    "fetch_pretrained",
     "get_config",
     "get_entry",
     "is_converted",
@@ -34,6 +37,7 @@ __all__ = [
     "load_pretrained",
     "load_timm_backbone",
     "load_timm_weights",
+    "pretrained_file",
     "save_converted",
     "seg_from_timm_backbone",
 ]

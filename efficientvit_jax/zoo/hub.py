@@ -35,7 +35,12 @@ def hub_file(name: str) -> tuple[str, str]:
 def fetch_weights(name: str) -> str:
     """The local path of tag ``name``'s weights file: from the cache, else downloaded into it
     (with ``huggingface_hub``'s progress bar)."""
-    repo, filename = hub_file(name)
+    return fetch_file(name, *hub_file(name))
+
+
+def fetch_file(name: str, repo: str, filename: str) -> str:
+    """The local path of ``filename`` in Hub repository ``repo`` (the weights of ``name``, which
+    the errors name): from the cache, else downloaded into it."""
     import huggingface_hub as hf  # missing: the CLI names the `zoo` extra
     from huggingface_hub import constants, errors
 

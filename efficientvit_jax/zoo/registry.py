@@ -37,6 +37,9 @@ class ModelEntry:
       dataset: the dataset a segmentation variant is trained on (``"cityscapes"``, ``"ade20k"``).
       miou: published validation mIoU (%) of MIT's checkpoint; miou_source: where it is quoted from.
       backbone: the classifier variant whose timm checkpoints fit a segmentation variant's backbone.
+      hf_hub_id, hf_hub_filename: where MIT publishes the variant's own checkpoint on the
+        Hugging Face Hub (read with ``mit_convert``); classifiers' weights are per tag, in
+        ``data.tags``.
     """
 
     name: str
@@ -52,6 +55,8 @@ class ModelEntry:
     miou: float | None = None
     miou_source: str | None = None
     backbone: str | None = None
+    hf_hub_id: str | None = None
+    hf_hub_filename: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -126,8 +131,9 @@ def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> An
     ``create_model("efficientvit_b1.r288_in1k")`` or ``create_model("efficientvit_b1",
     num_classes=10)``.
 
-    With ``pretrained=True``, ``(module, variables)``: the tag's published weights (a bare
-    name: its first tag), fetched from the Hugging Face Hub into its cache on first use
+    With ``pretrained=True``, ``(module, variables)``: the published weights (a classifier
+    tag's timm file, a bare name's first tag; MIT's checkpoint of a segmentation or SAM
+    variant), fetched from the Hugging Face Hub into its cache on first use
     (``load_pretrained``)."""
     module = get_entry(name).module(get_config(name, **overrides))
     if not pretrained:
@@ -191,22 +197,38 @@ def load_timm_backbone(
     return entry.convert(kept, headless), dropped
 
 
+def pretrained_file(name: str) -> tuple[str, str]:
+    """``(repository, filename)`` on the Hugging Face Hub of ``name``'s published weights: a
+    classifier tag's timm file (``data.tags``; a bare name: its first tag), or the file MIT
+    publishes for a segmentation or SAM variant. ``ValueError`` where none is published."""
+    from efficientvit_jax.zoo.hub import hub_file
+
+    entry = get_entry(name)
+    if entry.hf_hub_id is not None and entry.hf_hub_filename is not None:
+        return entry.hf_hub_id, entry.hf_hub_filename
+    return hub_file(name)
+
+
+def fetch_pretrained(name: str) -> str:
+    """The local path of ``name``'s published weights (``pretrained_file``): from
+    ``huggingface_hub``'s cache, else downloaded into it. One-line ``ValueError``s."""
+    from efficientvit_jax.zoo.hub import fetch_file
+
+    return fetch_file(name, *pretrained_file(name))
+
+
 def load_pretrained(name: str, **overrides: Any) -> dict[str, Any]:
-    """The Flax variables (``params``, ``batch_stats``) of tag ``name``'s published weights,
-    fetched with ``fetch_weights`` and converted as ``load_timm_weights`` converts a file.
+    """The Flax variables (``params``, ``batch_stats``) of ``name``'s published weights,
+    fetched with ``fetch_pretrained`` and converted as ``load_timm_weights`` (a classifier
+    tag) or ``load_mit_weights`` (MIT's segmentation and SAM checkpoints) convert a file.
     ``overrides``: config fields, as for ``create_model`` (``num_classes`` must be the
     checkpoint's)."""
-    from efficientvit_jax.zoo.hub import fetch_weights, hub_file
-
-    if get_entry(name).task == "segmentation":  # no tag table entry: say what works instead
-        raise ValueError(
-            f"{name}: MIT's segmentation weights are not fetched by name; read MIT's checkpoint "
-            "file with load_mit_weights(path, name)"
-        )
-    path = fetch_weights(name)
-    repo, filename = hub_file(name)
+    entry = get_entry(name)
+    repo, filename = pretrained_file(name)
+    path = fetch_pretrained(name)
+    load = load_mit_weights if entry.hf_hub_id is not None else load_timm_weights
     try:
-        return load_timm_weights(path, name, **overrides)
+        return load(path, name, **overrides)
     except ValueError as e:
         # A broken or foreign file in the cache stays there: say which it is and where.
         raise ValueError(f"{name}: {repo} {filename} (cached at {path}): {e}") from None

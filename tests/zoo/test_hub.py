@@ -226,3 +226,64 @@ def test_a_fresh_process_reads_the_environment(tmp_path: Any, image_files: dict)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and f"from {url} (" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+SEG, SEG_MIT = "efficientvit_seg_b0_cityscapes", "efficientvit-seg-b0-cityscapes"
+SEG_REPO, SEG_FILE = "han-cai/efficientvit-seg", "efficientvit_seg_b0_cityscapes.pt"
+
+
+def _mit_seg_checkpoint(path: Any) -> str:
+    """A file as MIT publishes it (``{"state_dict": ...}``, torch zip), made by MIT's own code."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "evit_mit_reference", os.path.join(os.path.dirname(__file__), "_mit_reference.py")
+    )
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    torch.manual_seed(0)
+    model = ref.load_create_seg_model()("b0", "cityscapes", pretrained=False)
+    torch.save({"state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+def test_mit_segmentation_checkpoints_by_name(
+    image_files: dict, hub_env: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """MIT's seg checkpoints come from ``han-cai/efficientvit-seg`` by name, in Python and in
+    ``segment`` without ``--weights``, equal to the same file given by hand; then from the
+    cache with nothing listening; an empty cache is one line."""
+    import jax
+
+    import efficientvit_jax
+
+    pt = _mit_seg_checkpoint(tmp_path / "b0.pt")
+    want = efficientvit_jax.load_mit_weights(pt, SEG)
+    assert efficientvit_jax.zoo.pretrained_file(SEG_MIT) == (SEG_REPO, SEG_FILE)
+    img = image_files["photo_jpeg"]
+    by_hand = tmp_path / "by_hand"
+    assert main(["segment", img, "--model", SEG, "--weights", pt, "-o", str(by_hand)]) == 0
+    with open(pt, "rb") as f:
+        files = {(SEG_REPO, SEG_FILE): f.read()}
+    with _hub(files) as (url, _):
+        hub_env(url, tmp_path / "hf")
+        got = efficientvit_jax.load_pretrained(SEG_MIT)
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+    model, variables = efficientvit_jax.create_model(SEG, pretrained=True)  # the cache now
+    assert jax.tree.all(jax.tree.map(np.array_equal, variables, want))
+    assert model.config == efficientvit_jax.create_model(SEG).config
+    by_name = tmp_path / "by_name"
+    assert main(["segment", img, "--model", SEG_MIT, "-o", str(by_name)]) == 0
+    stem = os.path.splitext(os.path.basename(img))[0]
+    for out in (by_hand, by_name):
+        assert os.path.isfile(out / f"{stem}.png")
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(o / f"{stem}.png")) for o in (by_hand, by_name))
+    np.testing.assert_array_equal(a, b)
+
+    capsys.readouterr()
+    hub_env(url, tmp_path / "empty")
+    err = _one_line_error(["segment", img, "--model", SEG, "-o", str(tmp_path / "x")], capsys)
+    assert f"{SEG}: cannot download {SEG_REPO} {SEG_FILE} from {url} (" in err
+    assert not os.path.exists(tmp_path / "x")

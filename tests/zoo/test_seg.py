@@ -12,7 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from efficientvit_jax.zoo import create_model, get_config, get_entry, list_models, load_mit_weights
+from efficientvit_jax.zoo import (
+    create_model,
+    get_config,
+    get_entry,
+    list_models,
+    load_mit_weights,
+    pretrained_file,
+)
 from efficientvit_jax.zoo.seg import MIOU, EfficientViTSeg, SegConfig, resize_logits
 
 B0 = get_config("efficientvit_b0")
@@ -40,8 +47,8 @@ def test_the_11_variants_are_registered_under_both_spellings() -> None:
     assert create_model("efficientvit-seg-b0-cityscapes", num_classes=3).config.num_classes == 3
     with pytest.raises(ValueError, match="no reader for MIT's checkpoints"):
         load_mit_weights({}, "efficientvit_b0")
-    with pytest.raises(ValueError, match="not fetched by name"):  # no download attempted
-        create_model("efficientvit_seg_b1_ade20k", pretrained=True)
+    for name in PUBLISHED:  # where MIT publishes each (the links of MIT's seg README)
+        assert pretrained_file(name) == ("han-cai/efficientvit-seg", f"{name}.pt")
 
 
 @pytest.mark.parametrize(

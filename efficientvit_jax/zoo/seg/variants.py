@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from efficientvit_jax.data.tags import MIT_HUB
 from efficientvit_jax.zoo import mit  # noqa: F401  (registers the backbones' variants)
 from efficientvit_jax.zoo.registry import ModelEntry, get_config, register
 from efficientvit_jax.zoo.seg.convert import seg_from_mit
@@ -91,6 +92,7 @@ def seg_config(backbone: str, dataset: str) -> SegConfig:
     return SegConfig(bcfg, **SEG_HEADS[(backbone, dataset)])
 
 
+_HUB_REPO, _HUB_FILE = MIT_HUB["seg"]  # where MIT publishes the checkpoints (data, in data.tags)
 for _backbone, _dataset in SEG_HEADS:
     register(
         ModelEntry(
@@ -106,5 +108,7 @@ for _backbone, _dataset in SEG_HEADS:
             miou=MIOU[(_backbone, _dataset)],
             miou_source=MIOU_SOURCE,
             backbone=_backbone,
+            hf_hub_id=_HUB_REPO,
+            hf_hub_filename=_HUB_FILE.format(variant=_backbone.split("_")[-1], dataset=_dataset),
         )
     )
