@@ -137,10 +137,32 @@ def test_config_is_checked() -> None:
         SegConfig(B0, data_format="CHW")
 
 
-def test_convert_needs_mit_file(tmp_path: Any, capsys: Any) -> None:
+def test_convert_without_input_looks_in_the_hub_cache(
+    tmp_path: Any, capsys: Any, monkeypatch: Any
+) -> None:
+    """Without ``--input``, MIT's published checkpoint is read from huggingface_hub's cache;
+    offline with an empty cache: one line naming the repository and file, nothing written."""
+    import importlib
+
+    import huggingface_hub.constants as constants
+
     from efficientvit_jax.cli import main
 
-    out = tmp_path / "out"
-    assert main(["convert", "--model", "efficientvit-seg-b0-cityscapes", "--output", str(out)]) == 2
-    assert "give --input (MIT's .pt checkpoint file)" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network, whatever the machine
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    importlib.reload(constants)  # it reads the environment once, at import
+    try:
+        out = tmp_path / "out"
+        argv = ["convert", "--model", "efficientvit-seg-b0-cityscapes", "--output", str(out)]
+        assert main(argv) == 2
+    finally:
+        monkeypatch.undo()
+        importlib.reload(constants)
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert "weights han-cai/efficientvit-seg efficientvit_seg_b0_cityscapes.pt are not in" in err
+    assert err.endswith(
+        "without network, give --weights FILE (the checkpoint, downloaded elsewhere)"
+    )
     assert not out.exists()

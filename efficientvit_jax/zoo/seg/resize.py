@@ -7,8 +7,9 @@ its cubic kernel has a = -0.5 (PyTorch's a = -0.75), and at the borders it renor
 weights where PyTorch repeats the edge pixel. Neither antialiases when it shrinks.
 
 Each output row (column) is a fixed combination of at most 4 input rows (columns), computed in
-NumPy when the function is traced (shapes are static there): per axis, one gather and one
-weighted sum per tap, the columns first and then the rows, as PyTorch's kernels do.
+NumPy when the function is traced (shapes are static there): per axis, one product with the
+``[out, in]`` matrix of those weights, the columns first and then the rows, as PyTorch's
+kernels do.
 """
 
 from __future__ import annotations
@@ -63,18 +64,26 @@ def taps(in_size: int, out_size: int, method: Method) -> tuple[np.ndarray, np.nd
     return index.astype(np.int32), weights
 
 
+def matrix(in_size: int, out_size: int, method: Method) -> np.ndarray:
+    """The resize along one axis as an ``[out_size, in_size]`` float32 matrix: each row holds
+    its taps' weights (summed where an edge repeats one input index)."""
+    index, weights = taps(in_size, out_size, method)
+    m = np.zeros((out_size, in_size), np.float32)
+    rows = np.repeat(np.arange(out_size), index.shape[1])
+    np.add.at(m, (rows, index.ravel()), weights.ravel())
+    return m
+
+
 def _resize_axis(x: jax.Array, axis: int, size: int, method: Method) -> jax.Array:
     if x.shape[axis] == size:  # PyTorch's weights are then (0, 1, 0, 0): the identity
         return x
-    index, weights = taps(x.shape[axis], size, method)
-    shape = [1] * x.ndim
-    shape[axis] = size
-    out = None
-    for k in range(index.shape[1]):
-        w = jnp.asarray(weights[:, k].reshape(shape), x.dtype)
-        term = jnp.take(x, jnp.asarray(index[:, k]), axis=axis) * w
-        out = term if out is None else out + term
-    return out
+    # One matrix product per axis rather than a gather and a weighted sum per tap: the same
+    # weights (the products with the row's zeros add nothing), and on CPU the gathers'
+    # gradient, a scatter-add, took 2.4x as long as the products' in a B0 training loss
+    # (8 x 19 x 64 x 64 logits to 512 x 512, forward and backward).
+    m = jnp.asarray(matrix(x.shape[axis], size, method), x.dtype)
+    out = jnp.tensordot(x, m, axes=((axis,), (1,)), precision=jax.lax.Precision.HIGHEST)
+    return jnp.moveaxis(out, -1, axis)
 
 
 def interpolate(
