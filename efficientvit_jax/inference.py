@@ -34,7 +34,8 @@ def load_pretrained(
     Weights of another variant, or a head of another size than ``num_classes`` (default:
     the tag's), raise ``ValueError`` naming the mismatching tensors.
     """
-    zoo.get_entry(name)  # unknown model or tag: one line listing the known ones
+    # unknown model or tag: one line listing the known ones; another task's model: its command
+    zoo.registry.check_task(name, ("classification",), "predict")
     overrides = {} if num_classes is None else {"num_classes": num_classes}
     if weights is None:
         return zoo.create_model(name, pretrained=True, **overrides)

@@ -148,7 +148,8 @@ def test_every_command_gives_the_same_unknown_model_message(tmp_path, capsys):
     assert len(set(errors.values())) == 1, errors
     msg = next(iter(errors.values()))
     assert msg.startswith(f"unknown model '{name}'; zoo models: efficientvit_b0, ")
-    assert "efficientvit_m5, efficientvit_seg_b0_cityscapes, " in msg  # every family
+    assert "efficientvit_m5, efficientvit_sam_l0, " in msg  # every family
+    assert "efficientvit_sam_xl1, efficientvit_seg_b0_cityscapes, " in msg
     assert "efficientvit_seg_l2_cityscapes; pretrained tags: efficientvit_b0.r224_in1k, " in msg
     assert msg.endswith("efficientvit_m5.r224_in1k")
     assert sorted(os.listdir(tmp_path)) == ["d", "x.png"]
@@ -208,3 +209,37 @@ def test_each_command_names_the_extra_that_brings_its_module():
         assert extra(command, "tqdm") == extra(command, "orbax") == "zoo"
     assert extra("train", "tqdm") == extra("train", "orbax") == "train"
     assert extra("export", "jax2onnx") == "export" and extra("convert", "torch") == "timm"
+
+
+# -- a model of another task ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, model, takes, serves",
+    [
+        (["predict", "{img}"], "efficientvit_sam_l0", "classifiers", "sam"),
+        (["predict", "{img}"], "efficientvit-seg-b0-cityscapes", "classifiers", "segment"),
+        (["eval", "--data", "{data}"], "efficientvit_sam_xl0", "classifiers or segmentation models", "sam"),
+        (["export", "--format", "onnx", "--random-weights", "-o", "{out}/m.onnx"], "efficientvit-sam-l1",
+         "classifiers or segmentation models", "sam"),
+        (["train", "--data", "{data}", "-o", "{out}/run"], "efficientvit_sam_l2",
+         "classifiers or segmentation models", "sam"),
+    ],
+)  # fmt: skip
+def test_a_model_of_another_task_names_its_command(
+    argv: list[str], model: str, takes: str, serves: str, tmp_path: Any, capsys: Any
+) -> None:
+    """Each command refuses another task's model in one line that names the command serving
+    it, before any weights are read or anything is written."""
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    data = _tree(tmp_path / "data", {"a": 1, "b": 1})
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(img=img, data=data, out=out) for a in argv]
+    err = _error(main([*args, "--model", model]), capsys, f"--model {model} is ")
+    command = argv[0]
+    assert err.endswith(f"`{command}` takes {takes}; use `efficientvit-jax {serves}`"), err
+    assert os.listdir(out) == []

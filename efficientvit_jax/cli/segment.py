@@ -116,7 +116,8 @@ def is_segmentation(args: argparse.Namespace) -> bool:
         return False  # check_source says what to give
     from efficientvit_jax import zoo
 
-    return zoo.get_entry(args.model).task == "segmentation"
+    entry = zoo.registry.check_task(args.model, ("classification", "segmentation"), "eval")
+    return entry.task == "segmentation"
 
 
 def run_eval(args: argparse.Namespace) -> int:

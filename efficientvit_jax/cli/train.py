@@ -188,10 +188,10 @@ def _base_config(args: argparse.Namespace) -> Any:
     data = DataOptions(folder=args.data)
     if args.model is None:
         return TrainConfig(data=data, model=ModelOptions(builder=EfficientViTConfig(in_channels=3)))
-    from efficientvit_jax.zoo import get_entry
+    from efficientvit_jax.zoo.registry import check_task
 
     base = TrainConfig(data=data, model=ModelOptions(name=args.model))
-    seg = get_entry(args.model).task == "segmentation"
+    seg = check_task(args.model, ("classification", "segmentation"), "train").task == "segmentation"
     return base.with_values(SEG_DEFAULTS) if seg else base
 
 

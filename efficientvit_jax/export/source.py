@@ -100,7 +100,9 @@ def from_zoo(
     """
     from efficientvit_jax.zoo import create_model
     from efficientvit_jax.zoo.converted import load_converted_as
+    from efficientvit_jax.zoo.registry import check_task
 
+    check_task(name, ("classification", "segmentation"), "export")  # before any download
     if weights is not None and random_weights:
         raise ValueError(f"model {name!r}: a weights file or random weights, not both")
     if weights is None and not random_weights:

@@ -35,9 +35,11 @@ def is_segmentation(config: TrainConfig) -> bool:
     """Whether ``config`` trains a segmentation model (a registered ``efficientvit_seg_*``)."""
     if config.model.name is None:
         return False
-    from efficientvit_jax.zoo import get_entry
+    from efficientvit_jax.zoo.registry import check_task
 
-    return get_entry(config.model.name).task == "segmentation"
+    # a model of another task (segment anything) is refused here, before any work
+    tasks = ("classification", "segmentation")
+    return check_task(config.model.name, tasks, "train").task == "segmentation"
 
 
 def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | None = None) -> Any:

@@ -191,6 +191,8 @@ class KeyRules:
       layouts: ``(leaf, rank)`` -> the transform of a PyTorch tensor into Flax's layout.
       ignored_suffixes: checkpoint keys ending so are known and not weights (derived
         buffers); ``num_batches_tracked`` is always ignored.
+      collections: the Flax variable collections filled from the checkpoint (a family with
+        fixed buffers, SAM's positional-encoding matrix, keeps them apart from ``params``).
     """
 
     what: str
@@ -200,6 +202,7 @@ class KeyRules:
         default_factory=lambda: dict(TORCH_LAYOUTS)
     )
     ignored_suffixes: tuple[str, ...] = ()
+    collections: tuple[str, ...] = ("params", "batch_stats")
 
     def key(self, path: Sequence[str]) -> str:
         """The timm state-dict key of the Flax variable at ``path`` (its collection left out:
@@ -214,8 +217,8 @@ class KeyRules:
 def convert_state_dict(
     state_dict: Mapping[str, Any], shapes: Mapping[str, Any], rules: KeyRules
 ) -> dict[str, Any]:
-    """Flax variables ``{"params", "batch_stats"}`` of the shapes ``shapes`` (``variable_shapes``
-    of the model) from a timm state dict, by ``rules``.
+    """Flax variables (``{"params", "batch_stats"}``: ``rules.collections``) of the shapes
+    ``shapes`` (``variable_shapes`` of the model) from a timm state dict, by ``rules``.
 
     Every Flax variable is looked up by ``rules.key``, transformed by ``rules.layouts`` and cast
     to the variable's dtype. Missing, unexpected and mis-shaped tensors are all collected and
@@ -225,7 +228,7 @@ def convert_state_dict(
     report = ConversionReport(sd, rules.what)
     report.ignore(*(k for k in sd if k.endswith(rules.ignored_suffixes)))
     out: dict[str, Any] = {}
-    for collection in ("params", "batch_stats"):
+    for collection in rules.collections:
         flat = {}
         for path, leaf in jax.tree_util.tree_flatten_with_path(shapes.get(collection, {}))[0]:
             names = tuple(p.key for p in path)

@@ -31,7 +31,8 @@ class ModelEntry:
         raising one ``ValueError`` naming every mismatching tensor.
       top1: published ImageNet-1k top-1 (%) of the timm weights at their default resolution.
       top1_source: where that number is quoted from.
-      task: ``"classification"`` or ``"segmentation"`` (what the module's output is).
+      task: ``"classification"``, ``"segmentation"`` or ``"sam"`` (segment anything: masks
+        from prompts; what the module's output is).
       mit_convert: ``(state_dict, config) -> variables`` for MIT's own checkpoint files
         (``load_mit_weights``), where the variant has them.
       dataset: the dataset a segmentation variant is trained on (``"cityscapes"``, ``"ade20k"``).
@@ -124,6 +125,26 @@ def get_config(name: str, **overrides: Any) -> Any:
             )
         cfg = dataclasses.replace(cfg, **overrides)
     return cfg
+
+
+# What each task's models are called in messages, and the command that serves them.
+_TASKS = {
+    "classification": ("a classifier", "predict"),
+    "segmentation": ("a segmentation model", "segment"),
+    "sam": ("a segment-anything model", "sam"),
+}
+
+
+def check_task(name: str, tasks: tuple[str, ...], command: str) -> ModelEntry:
+    """``name``'s entry, if its task is one of ``tasks``; else one line for ``--model`` that
+    says what the model is and which command takes it (``command``: the one refusing it)."""
+    entry = get_entry(name)
+    if entry.task not in tasks:
+        what, serves = _TASKS.get(entry.task, (f"a {entry.task} model", None))
+        takes = " or ".join(_TASKS[t][0].split(" ", 1)[1] + "s" for t in tasks)
+        hint = f"; use `efficientvit-jax {serves}`" if serves else ""
+        raise ValueError(f"--model {name} is {what}: `{command}` takes {takes}{hint}")
+    return entry
 
 
 def create_model(name: str, *, pretrained: bool = False, **overrides: Any) -> Any:

@@ -3,7 +3,9 @@
 B0-B3 and L1-L3: a convolutional stem, two convolutional stages (MBConv or
 FusedMBConv), two stages of EfficientViT blocks (multi-scale ReLU linear
 attention ``LiteMLA`` followed by an MBConv), and a classifier head
-(1x1 conv, average pool, Linear, LayerNorm, activation, Linear).
+(1x1 conv, average pool, Linear, LayerNorm, activation, Linear). The same modules, with a
+fifth stage and other block kinds per stage, make the backbones of MIT's EfficientViT-SAM XL
+models (``zoo.sam``).
 
 Module and parameter names follow timm's state-dict names (``stem/in_conv/conv``,
 ``stages_2/blocks_1/context_module/qkv/conv``, ...) so that the conversion
@@ -41,7 +43,8 @@ class MITConfig:
     dtypes) are ``zoo.base.ZooConfig``'s; ``in_chans`` is the old name of ``in_channels``.
 
     Attributes:
-      widths: channels of the stem and of the four stages.
+      widths: channels of the stem and of each stage: four stages in timm's models (strides 4
+        to 32), five in MIT's SAM XL backbones (down to stride 64).
       depths: timm's depths: stem residual blocks, then one count per stage.
         For a convolutional stage of a B model the count includes the
         downsampling block (``downsample_in_depth=True``); for L models and for
@@ -62,13 +65,14 @@ class MITConfig:
         downsampling block (timm's B models) or not (L models).
       act: activation everywhere (B: hardswish, L: tanh-GELU, as timm).
       norm_eps: epsilon of every BatchNorm and of the head's LayerNorm.
-      attn_scales: kernel sizes of LiteMLA's multi-scale aggregation.
+      attn_scales: kernel sizes of LiteMLA's multi-scale aggregation (MIT's ``att@3`` blocks
+        of the SAM XL backbones: ``(3,)``).
       attn_eps: LiteMLA's normaliser epsilon (timm: 1e-5).
       num_classes: classifier outputs; 0 (or ``None``) returns the head's hidden features.
       drop_rate: dropout before the last Linear (needs a ``"dropout"`` rng in training).
       image_size: the default input side (224, timm's), used where no size is given (export,
         summaries, training); the variables do not depend on it and the model takes any
-        height and width divisible by 32.
+        height and width divisible by ``reduction`` (32 for four stages).
       in_channels: input channels.
       data_format: layout of the input images, ``"NCHW"`` (timm's) or ``"NHWC"``.
       dtype: computation dtype; param_dtype: parameter dtype.
@@ -106,9 +110,10 @@ class MITConfig:
         for name in ("down_expand", "block_expand", "attn_scales"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n = len(self.widths) - 1
-        if len(self.widths) != 5 or len(self.depths) != 5:
+        if n < 1 or len(self.depths) != n + 1:
             raise ValueError(
-                f"widths and depths need 5 entries (stem + 4 stages), got {self.widths}, {self.depths}"
+                "widths and depths need one entry for the stem and one per stage, as many each, "
+                f"got {self.widths}, {self.depths}"
             )
         for name in ("stage_kinds", "fewer_norm", "down_expand", "block_expand"):
             if len(getattr(self, name)) != n:
@@ -127,13 +132,19 @@ class MITConfig:
                 f"num_classes must be >= 0 and in_channels >= 1, got {self.num_classes}, "
                 f"{self.in_channels}"
             )
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        r = self.reduction
+        if self.image_size < r or self.image_size % r:
+            raise ValueError(f"image_size must be a multiple of {r}, got {self.image_size}")
 
     @property
     def feature_widths(self) -> tuple[int, ...]:
-        """Channels of the four per-stage feature maps (strides 4, 8, 16, 32)."""
+        """Channels of the per-stage feature maps (strides 4, 8, 16, 32[, 64])."""
         return self.widths[1:]
+
+    @property
+    def reduction(self) -> int:
+        """The last stage's stride: the stem and every stage halve the map (32 for four stages)."""
+        return 2 ** len(self.widths)
 
 
 # timm's depthwise convs: PyTorch's default init, no bias unless asked.
@@ -498,7 +509,7 @@ class ClassifierHead(nn.Module):
 class EfficientViTMIT(nn.Module):
     """MIT EfficientViT (B0-B3, L1-L3) classifier, numerically equal to timm's.
 
-    Submodules: ``stem``, ``stages_0`` .. ``stages_3``, ``head``.
+    Submodules: ``stem``, ``stages_0`` .. ``stages_3`` (``stages_4`` with five stages), ``head``.
     """
 
     config: MITConfig = MITConfig()
@@ -507,17 +518,19 @@ class EfficientViTMIT(nn.Module):
     def __call__(
         self, x: jax.Array, *, train: bool = False, features: bool = False
     ) -> jax.Array | list[jax.Array]:
-        """Logits ``[B, num_classes]`` or, with ``features=True``, the four stage outputs.
+        """Logits ``[B, num_classes]`` or, with ``features=True``, every stage's output.
 
         Args:
-          x: images in ``config.data_format``; height and width divisible by 32.
+          x: images in ``config.data_format``; height and width divisible by
+            ``config.reduction`` (32 for four stages).
           train: batch statistics in BatchNorm (and update ``batch_stats``), dropout on.
-          features: return ``[B, H/s, W/s, C_s]`` (NHWC) for strides 4, 8, 16, 32,
-            the stages timm's ``forward_intermediates`` / ``features_only`` report.
+          features: return ``[B, H/s, W/s, C_s]`` (NHWC) for strides 4, 8, 16, 32 (and 64
+            with five stages), the stages timm's ``forward_intermediates`` /
+            ``features_only`` report.
             The same maps are sown as ``intermediates/stage_{i}`` on every call.
         """
         cfg = self.config
-        base.check_images(cfg, x.shape, model="EfficientViTMIT", multiple=32)
+        base.check_images(cfg, x.shape, model="EfficientViTMIT", multiple=cfg.reduction)
         x = Stem(cfg, name="stem")(base.to_nhwc(cfg, x), train=train)
         feats = []
         for i in range(len(cfg.stage_kinds)):
