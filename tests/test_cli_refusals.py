@@ -224,6 +224,8 @@ def test_each_command_names_the_extra_that_brings_its_module():
          "classifiers or segmentation models", "sam"),
         (["train", "--data", "{data}", "-o", "{out}/run"], "efficientvit_sam_l2",
          "classifiers or segmentation models", "sam"),
+        (["sam", "{img}", "--point", "1,1", "-o", "{out}/masks"], "efficientvit_b0",
+         "segment-anything models", "predict"),
     ],
 )  # fmt: skip
 def test_a_model_of_another_task_names_its_command(

@@ -4,6 +4,7 @@ Commands:
   train    train on scikit-learn's digits (no download); metrics, plot, checkpoints
   predict  top classes of image files with a pretrained (or converted) model
   segment  label maps and overlays of images with a segmentation model
+  sam      segment anything: masks of an image from points, a box, or all of them (--auto)
   eval     top-1, top-5 and loss of a model on an image-folder tree; mIoU of a segmentation one
   convert  a timm checkpoint of a paper model -> Flax variables saved with orbax
   export   a model -> ONNX or StableHLO file
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module registers its subparser (``register(sub)``) with ``func=run``.
-COMMANDS = ("train", "predict", "segment", "eval", "convert", "export", "summary", "demo")
+COMMANDS = ("train", "predict", "segment", "sam", "eval", "convert", "export", "summary", "demo")
 
 # An optional dependency that is missing -> the extra that brings it, per command: tqdm and
 # orbax come with both `train` and `zoo`, and the README names `zoo` for predict, segment,
@@ -46,7 +47,7 @@ _EXTRAS: dict[str, dict[str, str]] = {
         "onnx": "export",
         "onnxruntime": "export",
     },
-    **{command: _ZOO for command in ("predict", "segment", "eval", "convert", "export")},
+    **{command: _ZOO for command in ("predict", "segment", "sam", "eval", "convert", "export")},
 }
 
 
