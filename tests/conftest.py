@@ -32,6 +32,30 @@ if _CACHE:
     jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep each ``xdist_group`` on one worker under pytest 9.
+
+    pytest-xdist (3.8) tags a grouped test by appending ``@group`` to ``item._nodeid``, which
+    its ``--dist loadgroup`` scheduler then reads back from the node ids. pytest 9 derives
+    ``nodeid`` from ``item._id`` instead, so the tag was lost: every group was spread over
+    both workers, and each worker built the group's shared runs (the round-trip runs, the
+    segmentation runs, the SAM models) and ran two large exports side by side. Copy the tag
+    to where pytest 9 reads it.
+    """
+    for item in items:
+        tagged = getattr(item, "_nodeid", None)
+        if (
+            isinstance(tagged, str)
+            and "@" in tagged
+            and tagged != item.nodeid
+            and hasattr(item, "_id")
+        ):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(tagged)
+
+
 def _random_variables(model, x, seed=0, scale=0.3):
     """Variables of ``model`` for input ``x``, drawn with NumPy instead of the initialisers.
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from efficientvit_jax import layers
 from efficientvit_jax.attention import DEFAULT_CHUNK, linear_attention
+from efficientvit_jax.config import REMAT_OPTIONS
 from efficientvit_jax.ops import DWConvImpl
 from efficientvit_jax.zoo import base
 from efficientvit_jax.zoo.base import ACTIVATIONS, TORCH_KERNEL_INIT, ConvBNAct
@@ -77,6 +78,9 @@ class MITConfig:
       data_format: layout of the input images, ``"NCHW"`` (timm's) or ``"NHWC"``.
       dtype: computation dtype; param_dtype: parameter dtype.
       dwconv_impl: depthwise-conv kernel (``ops.depthwise_conv2d``).
+      remat: rematerialisation of each stage block in the backward pass, as the core
+        config's (``"none"``, ``"block"`` or a ``jax.checkpoint_policies`` name): the
+        activations of a Cityscapes-size input are recomputed instead of kept.
     """
 
     SHAPED_FIELDS: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels")
@@ -103,6 +107,7 @@ class MITConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     dwconv_impl: DWConvImpl = "auto"
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("widths", "depths", "head_widths", "stage_kinds", "fewer_norm"):
@@ -118,6 +123,8 @@ class MITConfig:
         for name in ("stage_kinds", "fewer_norm", "down_expand", "block_expand"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} needs {n} entries, got {getattr(self, name)}")
+        if self.remat not in REMAT_OPTIONS:
+            raise ValueError(f"remat must be one of {REMAT_OPTIONS}, got {self.remat!r}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {self.act!r}")
         if self.data_format not in ("NCHW", "NHWC"):
@@ -467,21 +474,28 @@ class Stage(nn.Module):
         fewer = cfg.fewer_norm[i]
 
         down_kind = "fused" if kind == "fused" else "mbconv"
-        x = Downsample(down_kind, cfg.down_expand[i], fewer, width, cfg, name="blocks_0")(
-            x, train=train
-        )
+        down = Downsample(down_kind, cfg.down_expand[i], fewer, width, cfg, name="blocks_0")
+        x = _run(down, x, train, cfg.remat)
         if kind == "attention":
             for j in range(depth):
-                x = EfficientViTBlock(cfg.block_expand[i], cfg, name=f"blocks_{j + 1}")(
-                    x, train=train
-                )
+                block = EfficientViTBlock(cfg.block_expand[i], cfg, name=f"blocks_{j + 1}")
+                x = _run(block, x, train, cfg.remat)
         else:
             n = depth - 1 if cfg.downsample_in_depth else depth
             for j in range(n):
-                x = Residual(kind, cfg.block_expand[i], fewer, cfg, name=f"blocks_{j + 1}")(
-                    x, train=train
-                )
+                block = Residual(kind, cfg.block_expand[i], fewer, cfg, name=f"blocks_{j + 1}")
+                x = _run(block, x, train, cfg.remat)
         return x
+
+
+def _run(block: nn.Module, x: jax.Array, train: bool, remat: str) -> jax.Array:
+    """``block(x, train=train)``, under ``nn.remat`` unless ``remat`` is ``"none"``. The block
+    goes in as the lifted function's module argument, so its variables keep their place in
+    the tree, and ``train`` stays a Python bool (closed over, not traced)."""
+    if remat == "none":
+        return block(x, train=train)
+    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+    return nn.remat(lambda mdl, y: mdl(y, train=train), policy=policy)(block, x)
 
 
 class ClassifierHead(nn.Module):

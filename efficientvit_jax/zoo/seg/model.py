@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax.config import REMAT_OPTIONS
 from efficientvit_jax.zoo.mit import (
     TORCH_KERNEL_INIT,
     ConvNormAct,
@@ -62,6 +63,8 @@ class SegConfig:
       data_format: layout of the input images and of the output logits, ``"NCHW"`` (MIT's:
         logits ``[B, classes, H/8, W/8]``) or ``"NHWC"`` (``[B, H/8, W/8, classes]``).
       dtype: computation dtype; param_dtype: parameter dtype.
+      remat: the backbone's rematerialisation (``MITConfig.remat``): a training crop of
+        Cityscapes' size fits on one device.
     """
 
     SHAPED_FIELDS: ClassVar[tuple[str, ...]] = ("num_classes", "in_channels")
@@ -79,6 +82,7 @@ class SegConfig:
     data_format: DataFormat = "NCHW"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, MITConfig):
@@ -92,6 +96,8 @@ class SegConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size < 32 or self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if self.remat not in REMAT_OPTIONS:
+            raise ValueError(f"remat must be one of {REMAT_OPTIONS}, got {self.remat!r}")
         if self.head_depth < 0:
             raise ValueError(f"head_depth must be >= 0, got {self.head_depth}")
 
@@ -109,6 +115,7 @@ class SegConfig:
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             in_channels=self.in_channels,
+            remat=self.remat,  # validated there
         )
 
 
