@@ -121,9 +121,8 @@ def given_values(args: argparse.Namespace, zoo: bool) -> dict[str, Any]:
         if value is None or dest in ("func", "command", "output", "resume", "no_progress"):
             continue
         if dest in _BUILDER:
-            out["model.image_size" if zoo and dest == "image_size" else f"model.builder.{dest}"] = (
-                value
-            )
+            zoo_field = zoo and dest in ("image_size", "remat")  # a zoo model's own options
+            out[f"model.{dest}" if zoo_field else f"model.builder.{dest}"] = value
         elif dest in paths:
             out[paths[dest]] = value
     if args.no_progress:
@@ -163,7 +162,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             flags = ", ".join("--" + k.rsplit(".", 1)[1].replace("_", "-") for k in builder)
             print(f"note: {flags} are core-builder options, unused by --model "
                   f"{given.get('model.name', base.model.name)} (its architecture is fixed; "
-                  "--image-size and --precision apply)")  # fmt: skip
+                  "--image-size, --remat and --precision apply)")  # fmt: skip
             given = {k: v for k, v in given.items() if k not in builder}
     elif "model.builder.num_classes" in given:
         raise ValueError("--num-classes: a folder run has one output per class folder")

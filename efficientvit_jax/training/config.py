@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from efficientvit_jax.config import EfficientViTConfig, check_option_names
+from efficientvit_jax.config import REMAT_OPTIONS, EfficientViTConfig, check_option_names
 
 CONFIG_FILE = "config.json"
 # The format of config.json; a run folder without it (or of another version) is refused with
@@ -122,6 +122,9 @@ class ModelOptions(_Section):
     image_size: int | None = _flag("--image-size")
     freeze_backbone: bool = _flag("--freeze-backbone", False)
     builder: EfficientViTConfig | None = None
+    # --remat with --model (the builder's own is builder.remat): the MIT family's blocks,
+    # recomputed in the backward pass (a Cityscapes-size crop on one device)
+    remat: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.builder, Mapping):  # from JSON
@@ -131,12 +134,15 @@ class ModelOptions(_Section):
                    "builder", "an EfficientViTConfig (or None)")  # fmt: skip
         self._switch("freeze_backbone")
         self._positive("image_size", optional=True)
+        self._need(self.remat in REMAT_OPTIONS, "remat", f"one of {', '.join(REMAT_OPTIONS)}")
         if self.name is None:
             self._need(self.builder is not None, "builder", "a core config without --model")
             self._requires(self.weights is None, "weights", "--model (a zoo name or tag)",
                            "the core builder has no pretrained weights")  # fmt: skip
         else:
             self._need(self.builder is None, "builder", "None with --model (a zoo model)")
+        self._requires(self.name is not None or self.remat == "none", "remat", "--model",
+                       "the core builder's own is builder.remat")  # fmt: skip
         self._requires(not self.freeze_backbone or self.weights is not None, "freeze_backbone",
                        "--weights", "a frozen random backbone learns nothing")  # fmt: skip
 

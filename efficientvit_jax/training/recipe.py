@@ -8,6 +8,7 @@ any flax classifier as an argument. The model modules are imported lazily (they 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -50,9 +51,16 @@ def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | Non
         from efficientvit_jax.model import EfficientViT
 
         return EfficientViT(m.builder.replace(num_classes=num_classes, **dt))
-    from efficientvit_jax.zoo import create_model
+    from efficientvit_jax.zoo import create_model, get_config
 
     size = resolved_image_size(config)
+    if m.remat != "none":
+        dt["remat"] = m.remat
+        if "remat" not in {f.name for f in dataclasses.fields(get_config(m.name))}:
+            raise ValueError(
+                f"model.remat (--remat): {m.name} has no rematerialisation; the MIT family and "
+                "the segmentation models have"
+            )
     return create_model(m.name, num_classes=num_classes, image_size=size, **dt)
 
 

@@ -46,6 +46,19 @@ def test_a_segmentation_model_starts_from_the_segmentation_defaults() -> None:
     assert _config("--data", "d", "--model", "efficientvit_b0").data.batch_size == 64
 
 
+def test_remat_goes_to_the_zoo_model_or_the_builder() -> None:
+    from efficientvit_jax.training.recipe import build_model
+
+    zoo = _config("--data", "d", "--model", SEG, "--remat", "block")
+    assert zoo.model.remat == "block" and zoo.model.builder is None
+    assert build_model(zoo, 19).config.backbone_config.remat == "block"
+    assert _config("--data", "d", "--remat", "block").model.builder.remat == "block"
+    assert _config("--data", "d", "--model", SEG).model.remat == "none"
+    msra = _config("--data", "d", "--model", "efficientvit_m0", "--remat", "block")
+    with pytest.raises(ValueError, match="efficientvit_m0 has no rematerialisation"):
+        build_model(msra, 10)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: Any) -> str:
     spec = digits_seg.Spec(canvas=32, train=4, val=2, scales=(2.0, 4.0))

@@ -41,7 +41,7 @@ def _argv(data: str, out: Path, *extra: str) -> list[str]:
     return [
         "train", "--data", data, "--model", MODEL, "--image-size", "32", "--batch-size", "8",
         "--eval-batch-size", "4", "--epochs", "2", "--ema-decay", "0.9", "--workers", "2",
-        "--learning-rate", "1e-2", "--no-progress", "-o", str(out), *extra,
+        "--learning-rate", "1e-2", "--remat", "block", "--no-progress", "-o", str(out), *extra,
     ]  # fmt: skip
 
 
@@ -111,3 +111,11 @@ def test_load_run_gives_the_model_that_scored_the_run(runs: tuple[Path, Path], d
     assert jax.tree.structure(loaded.variables) == jax.tree.structure(
         load_run(runs[0], ema=True).variables
     )
+
+
+def test_remat_is_the_run_s_own_and_kept_on_resume(runs: tuple[Path, Path]) -> None:
+    """``--remat`` with ``--model`` is the zoo model's (recorded, used, kept by ``--resume``);
+    the bit-exact resume above ran with it."""
+    for run in runs:
+        assert load_run(run).config.model.remat == "block"
+        assert load_run(run).model.config.remat == "block"
