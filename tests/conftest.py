@@ -32,8 +32,7 @@ if _CACHE:
     jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
+class _XdistGroupIds:
     """Keep each ``xdist_group`` on one worker under pytest 9.
 
     pytest-xdist (3.8) tags a grouped test by appending ``@group`` to ``item._nodeid``, which
@@ -41,19 +40,39 @@ def pytest_collection_modifyitems(config, items):
     ``nodeid`` from ``item._id`` instead, so the tag was lost: every group was spread over
     both workers, and each worker built the group's shared runs (the round-trip runs, the
     segmentation runs, the SAM models) and ran two large exports side by side. Copy the tag
-    to where pytest 9 reads it.
+    to where pytest 9 reads it, after xdist has set it.
     """
-    for item in items:
-        tagged = getattr(item, "_nodeid", None)
-        if (
-            isinstance(tagged, str)
-            and "@" in tagged
-            and tagged != item.nodeid
-            and hasattr(item, "_id")
-        ):
-            from _pytest.nodeid import NodeId
 
-            item._id = NodeId.parse(tagged)
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            tagged = getattr(item, "_nodeid", None)
+            if (
+                isinstance(tagged, str)
+                and "@" in tagged
+                and tagged != item.nodeid
+                and hasattr(item, "_id")
+            ):
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(tagged)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_XdistGroupIds(), "evit-xdist-group-ids")
+
+
+_SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow.txt")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` the tests that ``tests/slow.txt`` lists as measured slow."""
+    with open(_SLOW_LIST) as f:
+        listed = {ln.strip() for ln in f if ln.strip() and not ln.startswith("#")}
+    for item in items:
+        if item.nodeid.split("@", 1)[0] in listed:
+            item.add_marker(pytest.mark.slow)
 
 
 def _random_variables(model, x, seed=0, scale=0.3):
