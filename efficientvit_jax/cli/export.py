@@ -3,6 +3,7 @@
     efficientvit-jax export --format onnx --output b0.onnx --model efficientvit_b0.r224_in1k
     efficientvit-jax export --format stablehlo --output run.stablehlo --checkpoint runs/digits
     efficientvit-jax export --format onnx --output core.onnx --embed-dim 32 --seed 0
+    efficientvit-jax export --format onnx --output sam_l0/ --model efficientvit_sam_l0
 
 The model comes from ``--model`` (a zoo name or timm tag, with ``--weights``: a timm file or a
 folder written by ``convert``; without it, the tag's published weights from the Hugging Face
@@ -11,6 +12,10 @@ builder or zoo model: ``load_run``; the newest intact step unless ``--step``, th
 weights with ``--ema``; the file then carries the run's class names and data config), or
 else from the builder options with random weights (``--seed``). BatchNorms are folded
 unless ``--no-fold``.
+
+A segment-anything model (``--model efficientvit_sam_l0`` .. ``xl1``, MIT's checkpoint as
+``--weights``) is two files, written into the folder ``--output`` (created if missing):
+``encoder.<format>`` and ``decoder.<format>`` (``export.sam``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a model -> ONNX or StableHLO file (BatchNorms folded)")
     g = p.add_argument_group("export")
     g.add_argument("--format", default=None, help=f"one of {', '.join(FORMATS)}")
-    g.add_argument("--output", "-o", default=None, help="the file to write")
+    g.add_argument("--output", "-o", default=None, help="the file to write (SAM models: a folder)")
     g.add_argument("--no-fold", action="store_true", help="keep the BatchNorms as they are")
     g.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     g.add_argument(
@@ -125,11 +130,24 @@ def load_model(args: argparse.Namespace) -> Any:
     return export.from_config(config_from_args(args), seed=args.seed)
 
 
+def _is_sam(args: argparse.Namespace) -> bool:
+    if not args.model:
+        return False
+    from efficientvit_jax.zoo.registry import get_entry
+
+    return get_entry(args.model).task == "sam"
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    from efficientvit_jax._io import check_output_folder
     from efficientvit_jax.export.prepare import check_output_file
 
-    check_output_file(args.output)  # before any work
+    sam = _is_sam(args)
+    if sam:  # before any work
+        check_output_folder(args.output)
+    else:
+        check_output_file(args.output)
     if args.format == "onnx":
         import jax2onnx  # noqa: F401  (missing: main names the `export` extra)
         import onnx  # noqa: F401
@@ -143,10 +161,19 @@ def run(args: argparse.Namespace) -> int:
     if args.platforms:
         options["platforms"] = tuple(args.platforms.split(","))
     info = export.export(model, args.output, args.format, **options)
+    if sam:
+        for part in info.values():
+            inputs = ", ".join(f"{k} {v}" for k, v in part["inputs"].items())
+            print(_line(model.name, part, f"inputs {inputs}"))
+        return 0
     shape = ", ".join(["batch", *(str(d) for d in model.image_shape)])
-    print(
-        f"exported {model.name} -> {os.path.relpath(info['path'])}: {args.format}, input "
-        f"images [{shape}] {model.dtype}, {info['folded_batchnorms']} BatchNorms folded, "
-        f"{info['bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s"
-    )
+    print(_line(model.name, info, f"input images [{shape}] {model.dtype}"))
     return 0
+
+
+def _line(name: str, info: dict[str, Any], inputs: str) -> str:
+    return (
+        f"exported {name} -> {os.path.relpath(info['path'])}: {info['format']}, {inputs}, "
+        f"{info['folded_batchnorms']} BatchNorms folded, {info['bytes'] / 1e6:.1f} MB, "
+        f"{info['seconds']:.1f} s"
+    )

@@ -74,8 +74,11 @@ def _run_folded(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> 
     return x.astype(module.dtype)
 
 
-def trace_calls(model: nn.Module, variables: Mapping[str, Any], images: Any) -> list[_Call]:
-    """Every module ``__call__`` of one abstract forward pass, innermost first.
+def trace_calls(
+    model: nn.Module, variables: Mapping[str, Any], images: Any, method: str | None = None
+) -> list[_Call]:
+    """Every module ``__call__`` of one abstract forward pass (``model.apply``, or its
+    ``method`` of one input, e.g. SAM's ``"embed_images"``), innermost first.
 
     Inputs and outputs are the trace's abstract values: ``a is b`` says that one call's output
     is another's input. They are kept alive in the list, so identities are not reused.
@@ -91,7 +94,7 @@ def trace_calls(model: nn.Module, variables: Mapping[str, Any], images: Any) -> 
 
     def forward(v: Any, x: Any) -> Any:
         with nn.intercept_methods(record):
-            return model.apply(v, x)
+            return model.apply(v, x, method=method)
 
     jax.eval_shape(forward, variables, images)
     return calls
@@ -197,7 +200,7 @@ def _fold_pair(params: dict, stats: dict, bn: _Call, layer: _Call, backward: boo
 
 
 def fold_batchnorm(
-    model: nn.Module, variables: Mapping[str, Any], images: Any
+    model: nn.Module, variables: Mapping[str, Any], images: Any, *, method: str | None = None
 ) -> tuple[FoldedModel, dict[str, Any]]:
     """The inference model without BatchNorm, and its variables.
 
@@ -206,14 +209,16 @@ def fold_batchnorm(
         next to a ``Conv2d``, ``DepthwiseConv``, ``nn.Conv`` or ``nn.Dense``).
       variables: its eval-mode variables (``params`` and ``batch_stats``).
       images: an example input, or a ``jax.ShapeDtypeStruct`` (only its shape is traced).
+      method: the method of ``model`` that takes ``images`` (default ``__call__``): the
+        BatchNorms it runs are those folded (SAM's encoder: ``"embed_images"``).
 
     Returns:
       ``(folded, folded_variables)``: ``folded.apply(folded_variables, images)`` equals
-      ``model.apply(variables, images)`` up to float rounding. A BatchNorm with no layer to
+      ``model.apply(variables, images)`` up to float rounding (with ``method=``, as given). A BatchNorm with no layer to
       fold into stays as it is (``folded.folded`` lists those that were folded).
     """
     variables = _to_dict(variables)
-    calls = trace_calls(model, variables, images)
+    calls = trace_calls(model, variables, images, method)
     params = _to_dict(variables.get("params", {}))
     stats = _to_dict(variables.get("batch_stats", {}))
     pairs = _pairs(calls)

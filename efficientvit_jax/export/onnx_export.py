@@ -90,18 +90,34 @@ def export_onnx(
     the output is ``logits`` (or ``features`` for a model without classifier). Nothing is
     left at ``path`` if anything fails.
     """
-    import onnx
-
     path = check_output_file(path)
     t0 = time.perf_counter()
     proto, folded = to_onnx_model(model, fold=fold, opset=opset)
-    # onnxruntime's CPU provider has no float16 kernels and would cast them to float32.
-    if optimize_graph and jnp.dtype(model.dtype) == jnp.float32:
+    proto = finish(proto, model.metadata, optimize_graph and jnp.dtype(model.dtype) == jnp.float32)
+    info = write_onnx(proto, path)
+    return dict(
+        path=path, format="onnx", seconds=time.perf_counter() - t0, bytes=info["bytes"],
+        folded_batchnorms=folded, nodes=info["nodes"], ops=info["ops"],
+    )  # fmt: skip
+
+
+def finish(proto: Any, metadata: dict[str, str], optimize_graph: bool) -> Any:
+    """The graph as written: optimised (``optimize``; float32 graphs only: onnxruntime's CPU
+    provider has no float16 kernels and would cast them to float32), ``metadata`` in its
+    ``metadata_props``, checked by ``onnx.checker``."""
+    import onnx
+
+    if optimize_graph:
         proto = optimize(proto)
-    for key, value in model.metadata.items():
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def write_onnx(proto: Any, path: str) -> dict[str, Any]:
+    """Write ``proto`` to ``path`` atomically; ``{bytes, nodes, ops}`` (ops: count by type)."""
     data = proto.SerializeToString()
 
     def write(tmp: str) -> None:
@@ -112,7 +128,4 @@ def export_onnx(
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return dict(
-        path=path, format="onnx", seconds=time.perf_counter() - t0, bytes=len(data),
-        folded_batchnorms=folded, nodes=len(proto.graph.node), ops=ops,
-    )  # fmt: skip
+    return dict(bytes=len(data), nodes=len(proto.graph.node), ops=ops)

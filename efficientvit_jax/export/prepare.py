@@ -39,6 +39,8 @@ def inference_function(model: Exportable, *, fold: bool = True) -> tuple[Callabl
     model still does its attention sums and division in float32).
     """
     module, variables = model.module, model.variables
+    if hasattr(module, "embed_images"):  # EfficientViT-SAM: two files, not one
+        raise ValueError(f"{model.name} is a segment-anything model: export it with export_sam")
     folded = 0
     if fold:
         example = jax.ShapeDtypeStruct((1, *model.image_shape), model.dtype)

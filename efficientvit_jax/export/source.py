@@ -55,6 +55,12 @@ def image_shape(config: Any, size: int | tuple[int, int] | None = None) -> tuple
     return (c, h, w) if config.data_format == "NCHW" else (h, w, c)
 
 
+def image_side(model: Exportable) -> int:
+    """The height of ``model``'s input image (its side, for a square one)."""
+    nchw = getattr(model.module.config, "data_format", "NCHW") == "NCHW"
+    return model.image_shape[1] if nchw else model.image_shape[0]
+
+
 def random_variables(module: Any, shape: tuple[int, ...], seed: int) -> dict[str, Any]:
     """The module's own initialisation (``init``, jitted) for a batch of one ``shape`` image."""
     x = jnp.zeros((1, *shape), jnp.float32)
@@ -87,6 +93,9 @@ def from_zoo(
 ) -> Exportable:
     """A zoo model or timm tag with its weights.
 
+    A segment-anything model (``efficientvit_sam_l0``, ...) comes with MIT's checkpoint (or a
+    ``convert`` folder); ``export`` writes it as two files (``export.sam``).
+
     Args:
       name: a zoo name (``efficientvit_b0``) or a timm tag, passed on to ``create_model``.
       weights: a timm checkpoint (``.safetensors`` or PyTorch zip) or a folder written by
@@ -102,7 +111,8 @@ def from_zoo(
     from efficientvit_jax.zoo.converted import load_converted_as
     from efficientvit_jax.zoo.registry import check_task
 
-    check_task(name, ("classification", "segmentation"), "export")  # before any download
+    # before any download
+    entry = check_task(name, ("classification", "segmentation", "sam"), "export")
     if weights is not None and random_weights:
         raise ValueError(f"model {name!r}: a weights file or random weights, not both")
     if weights is None and not random_weights:
@@ -116,7 +126,9 @@ def from_zoo(
         variables = None if weights is None else _from_timm_file(name, weights, overrides)
     cfg = module.config
     shape = image_shape(cfg, image_size or _tag_size(name))
-    if variables is None:
+    if variables is None and entry.task == "sam":  # init takes prompts too
+        variables = random_sam_variables(module, seed)
+    elif variables is None:
         variables = random_variables(module, shape, seed)
     return Exportable(module, variables, shape, jnp.dtype(cfg.dtype), name)
 
@@ -141,3 +153,17 @@ def to_float(tree: Any, dtype: Any) -> Any:
         return jnp.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating) else jnp.asarray(a)
 
     return jax.tree.map(cast, tree)
+
+
+def random_sam_variables(model: Any, seed: int = 0) -> dict[str, Any]:
+    """The model's own initialisation (``init``, jitted), traced at the smallest input side
+    (the variables do not depend on it) with one prompt of one point."""
+    cfg = model.config
+    side = cfg.backbone.reduction
+    m = cfg.mask_size
+    nchw = cfg.data_format == "NCHW"
+    images = jnp.zeros((1, *image_shape(cfg, side)), jnp.float32)
+    coords, labels = jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32)
+    masks = jnp.zeros((1, 1, m, m) if nchw else (1, m, m, 1), jnp.float32)
+    has_mask = jnp.zeros((1,), jnp.float32)
+    return jax.jit(model.init)(jax.random.key(seed), images, coords, labels, masks, has_mask)

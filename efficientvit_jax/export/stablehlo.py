@@ -44,6 +44,16 @@ def export_stablehlo(
     path = check_output_file(path)
     t0 = time.perf_counter()
     exported, folded = to_exported(model, fold=fold, platforms=platforms)
+    size = write_exported(exported, path, model.metadata)
+    return dict(
+        path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=size,
+        folded_batchnorms=folded, platforms=list(exported.platforms),
+    )  # fmt: skip
+
+
+def write_exported(exported: jax.export.Exported, path: str, metadata: dict[str, str]) -> int:
+    """Serialize ``exported`` to ``path`` atomically, ``metadata`` (if any) to ``path.json``
+    beside it (a serialized ``Exported`` has no free-form fields); returns the file's bytes."""
     data = exported.serialize()
 
     def write(tmp: str) -> None:
@@ -51,12 +61,9 @@ def export_stablehlo(
             f.write(data)
 
     atomic_write(path, write)
-    if model.metadata:  # the serialized Exported has no free-form fields: a file beside it
-        write_json(path + ".json", {k: _json_value(v) for k, v in model.metadata.items()})
-    return dict(
-        path=path, format="stablehlo", seconds=time.perf_counter() - t0, bytes=len(data),
-        folded_batchnorms=folded, platforms=list(exported.platforms),
-    )  # fmt: skip
+    if metadata:
+        write_json(path + ".json", {k: _json_value(v) for k, v in metadata.items()})
+    return len(data)
 
 
 def _json_value(text: str) -> object:
