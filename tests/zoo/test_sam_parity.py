@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,31 +55,25 @@ REFERENCE_PARAMS = {
 SMALL_EMBED = 16  # the neck's resize target in the small encoder checks
 
 
+def _load_sam_reference() -> Any:
+    import importlib.util
+
+    path = Path(__file__).with_name("_sam_reference.py")
+    spec = importlib.util.spec_from_file_location("evit_sam_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_SAM_REFERENCE = _load_sam_reference()
+
+
 def _mit_name(name: str) -> str:
     return name.replace("_", "-")
 
 
 def _reference(name: str, seed: int = 0) -> Any:
-    """MIT's model ``name`` in eval mode: random weights, BatchNorm statistics and the affine
-    of every norm (BatchNorm, LayerNorm, both LayerNorm2d) perturbed away from 1 and 0."""
-    import torch
-    from efficientsam.sam_model_zoo import create_efficientvit_sam_model
-
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecations in MIT's code
-        model = create_efficientvit_sam_model(_mit_name(name), pretrained=False).eval()
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.LayerNorm) or (
-                type(mod).__name__ == "LayerNorm2d"
-            ):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
-    return model
+    return _SAM_REFERENCE.reference(name, seed)
 
 
 @pytest.fixture(scope="module", autouse=True)
