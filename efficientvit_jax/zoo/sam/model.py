@@ -502,10 +502,10 @@ class MaskDecoder(nn.Module):
         sparse: jax.Array,
         dense_prompt: jax.Array,
         token_mask: jax.Array,
-        multimask_output: bool,
+        multimask_output: bool | None,
     ) -> tuple[jax.Array, jax.Array]:
         """``(mask logits, iou)`` float32 for ``[P, N, C]`` prompt tokens: logits
-        ``[P, M, 4S, 4S]`` (NCHW) or ``[P, 4S, 4S, M]`` (NHWC), M = 3 or 1."""
+        ``[P, M, 4S, 4S]`` (NCHW) or ``[P, 4S, 4S, M]`` (NHWC), M = 3, 1 or (``None``) 4."""
         cfg = self.config
         p, n_masks = sparse.shape[0], cfg.num_mask_tokens
         iou_token = Embedding(1, cfg.embed_dim, cfg.param_dtype, name="iou_token")()
@@ -536,9 +536,13 @@ class MaskDecoder(nn.Module):
             cfg, cfg.iou_head_hidden, n_masks, cfg.iou_head_depth, name="iou_prediction_head"
         )
         iou = iou_head(hs[:, 0]).astype(jnp.float32)
-        # multimask: SAM's masks [1:], else [0:1]; only the returned masks are computed (every
+        # multimask: SAM's masks [1:], else [0:1], None all four (fine-tuning: one call serves
+        # ambiguous and plain prompts); only the returned masks are computed (every
         # hypernetwork runs: they are small, and each must own its variables)
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        if multimask_output is None:
+            chosen = slice(None)
+        else:
+            chosen = slice(1, None) if multimask_output else slice(0, 1)
         spec = "pmc,phwc->pmhw" if cfg.data_format == "NCHW" else "pmc,phwc->phwm"
         masks = jnp.einsum(spec, hyper[:, chosen], upscaled, preferred_element_type=jnp.float32)
         return masks, iou[:, chosen]
@@ -605,7 +609,7 @@ class EfficientViTSam(nn.Module):
         labels: jax.Array,
         mask_input: jax.Array,
         has_mask_input: jax.Array,
-        multimask_output: bool = True,
+        multimask_output: bool | None = True,
     ) -> tuple[jax.Array, jax.Array]:
         """Low-resolution mask logits and IoU predictions of P prompts, float32.
 
@@ -622,11 +626,12 @@ class EfficientViTSam(nn.Module):
           has_mask_input: ``[P]`` float: 1 where ``mask_input`` is given, 0 where it is
             ignored (SAM's ``no_mask_embed`` instead).
           multimask_output: static. True: SAM's three masks (its slice ``[1:]``); False: its
-            single mask (``[0:1]``).
+            single mask (``[0:1]``); None: all four, the single one first (fine-tuning:
+            ``training.sam_loss``).
 
         Returns:
           ``(low_res_logits, iou_predictions)``: ``[P, M, 256, 256]`` (NCHW) or
-          ``[P, 256, 256, M]`` (NHWC), and ``[P, M]``; M = 3 or 1.
+          ``[P, 256, 256, M]`` (NHWC), and ``[P, M]``; M = 3, 1 or 4.
         """
         cfg = self.config
         check_prompts(
