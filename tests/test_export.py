@@ -183,6 +183,36 @@ def test_core_builder_exports_equal_the_jax_model(layout, data_format, random_va
 # --- BatchNorm folding -------------------------------------------------------------------------
 
 
+def test_quicker_lookups_write_the_same_graph(random_variables, monkeypatch):
+    """``export.lookups.quicker_lookups`` (jax2onnx's two linear graph scans answered from the
+    IR's back-pointers) changes the time, not the graph: byte-identical protos with and without
+    it, for a model with convs, BatchNorms, attention and residual adds."""
+    import contextlib
+
+    from jax2onnx.converter import output_binding
+
+    from efficientvit_jax.export import lookups, onnx_export
+
+    model = create_model(
+        "efficientvit_b0", widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8,
+        head_widths=(32, 32), num_classes=10,
+    )  # fmt: skip
+    source = Exportable(model, random_variables(model, jnp.zeros((1, 3, 32, 32))), (3, 32, 32))
+    onnx_export.to_onnx_model(source)  # jax2onnx's first conversion in a process differs
+    original, real, fast_answers = output_binding._value_is_graph_connected, lookups._connected, []
+
+    def counting(scan):
+        quick = real(scan)
+        return lambda ctx, value: fast_answers.append(quick(ctx, value)) or fast_answers[-1]
+
+    monkeypatch.setattr(lookups, "_connected", counting)
+    quick = onnx_export.to_onnx_model(source)[0].SerializeToString()
+    assert len(fast_answers) > 50 and output_binding._value_is_graph_connected is original
+    monkeypatch.setattr(onnx_export, "quicker_lookups", contextlib.nullcontext)
+    slow = onnx_export.to_onnx_model(source)[0].SerializeToString()
+    assert quick == slow
+
+
 def _count(jaxpr, primitive):
     n = 0
     for eqn in jaxpr.eqns:
