@@ -18,7 +18,9 @@ from typing import Any
 
 from efficientvit_jax.data import tags as _tags
 
-_OFFLINE_HINT = "without network, give --weights FILE (the checkpoint, downloaded elsewhere)"
+# The flag of every command that fetches weights, but `convert`'s (its file is --input).
+_GIVE_FILE = "give --weights FILE (convert: --input FILE)"
+_OFFLINE_HINT = f"without network, {_GIVE_FILE}: the checkpoint, downloaded elsewhere"
 
 
 def hub_file(name: str) -> tuple[str, str]:
@@ -96,9 +98,7 @@ def _answered(name: str, where: str, e: Any) -> ValueError:
     status = f"HTTP {code}" if code is not None else _cause(e)
     missing = (errors.RepositoryNotFoundError, errors.RemoteEntryNotFoundError)
     if code == 404 or isinstance(e, missing):
-        return ValueError(
-            f"{name}: {constants.ENDPOINT} has no {where} ({status}); give --weights FILE"
-        )
+        return ValueError(f"{name}: {constants.ENDPOINT} has no {where} ({status}); {_GIVE_FILE}")
     return ValueError(
         f"{name}: downloading {where} from {constants.ENDPOINT} failed ({status}); {_OFFLINE_HINT}"
     )

@@ -153,7 +153,8 @@ def test_predict_by_tag_downloads_then_reads_the_cache(
     err = _one_line_error(["predict", img, "--model", TAG], capsys)
     assert err.startswith(f"efficientvit-jax predict: error: {TAG}: cannot download {REPO} {FILE}")
     assert err.endswith(
-        "without network, give --weights FILE (the checkpoint, downloaded elsewhere)"
+        "without network, give --weights FILE (convert: --input FILE): "
+        "the checkpoint, downloaded elsewhere"
     )
     assert not os.path.exists(tmp_path / "empty" / "hub" / f"models--timm--{TAG}" / "snapshots")
 
@@ -193,7 +194,10 @@ def test_refusals_are_one_line(hub_env: Any, tmp_path: Any, capsys: Any, monkeyp
     with _hub({}) as (url, _):
         hub_env(url, tmp_path / "none")
         err = _one_line_error(argv, capsys)
-        assert err.endswith(f"{TAG}: {url} has no {REPO} {FILE} (HTTP 404); give --weights FILE")
+        assert err.endswith(
+            f"{TAG}: {url} has no {REPO} {FILE} (HTTP 404); "
+            "give --weights FILE (convert: --input FILE)"
+        )
     hub_env("http://127.0.0.1:9", tmp_path / "off", offline=True)
     err = _one_line_error(argv, capsys)
     assert f"{TAG}: weights {REPO} {FILE} are not in the cache (" in err

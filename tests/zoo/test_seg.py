@@ -163,7 +163,8 @@ def test_convert_without_input_looks_in_the_hub_cache(
     assert "\n" not in err and "Traceback" not in err, err
     assert "weights han-cai/efficientvit-seg efficientvit_seg_b0_cityscapes.pt are not in" in err
     assert err.endswith(
-        "without network, give --weights FILE (the checkpoint, downloaded elsewhere)"
+        "without network, give --weights FILE (convert: --input FILE): "
+        "the checkpoint, downloaded elsewhere"
     )
     assert not out.exists()
 
