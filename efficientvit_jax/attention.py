@@ -105,8 +105,11 @@ def _resolve_feature_map(feature_map: str | FeatureMap) -> FeatureMap:
 
 
 def _chunks(n: int, chunk_size: int | None) -> tuple[int, int]:
-    """(number of full chunks, chunk size) for looping, or (0, n) to do it in one go."""
-    if chunk_size is None or n < 2 * chunk_size:
+    """(number of full chunks, chunk size) for looping, or (0, n) to do it in one go.
+
+    A symbolic ``n`` (an export with a symbolic image size) goes in one go: the loop's length
+    would be a symbolic count."""
+    if chunk_size is None or not isinstance(n, int) or n < 2 * chunk_size:
         return 0, n
     return n // chunk_size, chunk_size
 

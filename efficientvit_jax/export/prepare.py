@@ -58,7 +58,28 @@ def inference_function(model: Exportable, *, fold: bool = True) -> tuple[Callabl
     return forward, folded
 
 
-def input_spec(model: Exportable, batch: str = "batch") -> jax.ShapeDtypeStruct:
-    """The input with a symbolic batch dimension named ``batch``."""
-    dims = ", ".join(str(d) for d in model.image_shape)
+def input_spec(
+    model: Exportable, batch: str = "batch", side_multiple: int | None = None
+) -> jax.ShapeDtypeStruct:
+    """The input with a symbolic batch dimension named ``batch``; with ``side_multiple``
+    also a symbolic height ``m*h`` and width ``m*w`` (any multiples of ``m``)."""
+    shape = [str(d) for d in model.image_shape]
+    if side_multiple:
+        h, w = (1, 2) if getattr(model.module.config, "data_format", "NCHW") == "NCHW" else (0, 1)
+        shape[h], shape[w] = f"{side_multiple}*h", f"{side_multiple}*w"
+    dims = ", ".join(shape)
     return jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{batch}, {dims}"), model.dtype)
+
+
+def side_multiple(model: Exportable) -> int | None:
+    """What an image side of ``model`` may be a multiple of in a StableHLO file: a
+    segmentation model's (its backbone's reduction, 32) takes any such height and width;
+    ``None`` for the others (a classifier's file is for its image size: MSRA's windows and
+    the models' trained resolution fix it)."""
+    from efficientvit_jax.zoo.seg.model import EfficientViTSeg
+
+    return (
+        model.module.config.backbone.reduction
+        if isinstance(model.module, EfficientViTSeg)
+        else None
+    )

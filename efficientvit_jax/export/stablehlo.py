@@ -1,4 +1,5 @@
-"""StableHLO export through ``jax.export``: one file, symbolic batch, no package needed to run.
+"""StableHLO export through ``jax.export``: one file, symbolic batch (and, for a segmentation
+model, symbolic height and width, any multiples of 32), no package needed to run.
 
 Read it back in any process with JAX (not this package)::
 
@@ -17,7 +18,12 @@ from typing import Any
 import jax
 
 from efficientvit_jax._io import atomic_write, write_json
-from efficientvit_jax.export.prepare import check_output_file, inference_function, input_spec
+from efficientvit_jax.export.prepare import (
+    check_output_file,
+    inference_function,
+    input_spec,
+    side_multiple,
+)
 from efficientvit_jax.export.source import Exportable
 from efficientvit_jax.ops import portable_ops
 
@@ -29,7 +35,8 @@ def to_exported(
     (default: the current backend; e.g. ``("cpu", "cuda")`` for a file that runs on both)."""
     forward, folded = inference_function(model, fold=fold)
     with portable_ops():
-        exported = jax.export.export(jax.jit(forward), platforms=platforms)(input_spec(model))
+        spec = input_spec(model, side_multiple=side_multiple(model))
+        exported = jax.export.export(jax.jit(forward), platforms=platforms)(spec)
     return exported, folded
 
 

@@ -85,6 +85,29 @@ def test_resize_logits_equals_torch_interpolate(method: str) -> None:
         )
 
 
+@pytest.mark.parametrize("method", ["bicubic", "bilinear"])
+def test_resize_to_a_symbolic_size_equals_torch_interpolate(method: str) -> None:
+    """Upsampling by 2 and 4 (the head's factors) with symbolic sizes (``jax.export`` of a
+    segmentation model with a symbolic image size): one program, run at two sizes, each equal
+    to ``F.interpolate`` with ``align_corners=False``."""
+    torch = pytest.importorskip("torch", reason="torch is the reference")
+    spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, c, h, w"), jnp.float32)
+    for s in (2, 4):
+        up = jax.export.export(
+            jax.jit(
+                lambda x, s=s: resize_logits(x, (x.shape[2] * s, x.shape[3] * s), method=method)
+            )
+        )(spec)
+        for shape in [(2, 3, 4, 8), (1, 2, 9, 5)]:
+            x = np.random.default_rng(s).normal(size=shape).astype(np.float32)
+            ref = torch.nn.functional.interpolate(
+                torch.from_numpy(x), scale_factor=s, mode=method, align_corners=False
+            ).numpy()
+            got = np.asarray(up.call(x))
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 def test_non_square_train_step_lowers_loss(random_variables: Any) -> None:
     """64x96 input -> stride-8 logits resized to the labels; one adam step on a fixed batch
     lowers the cross-entropy (the resize is differentiable)."""

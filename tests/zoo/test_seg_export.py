@@ -2,7 +2,9 @@
 
 Each file has a symbolic batch and is run at batch 1 and 3; the outputs (stride-8 logits) must
 be within 1e-4 of the output scale of ``model.apply`` on the unfolded variables. The input is
-non-square, 64x128, the smallest multiple of 32 with a non-square map at every stride.
+non-square, 64x128, the smallest multiple of 32 with a non-square map at every stride. The
+StableHLO file's height and width are symbolic too (multiples of 32): it also runs at 96x64,
+a size it was not exported at.
 
 The suite exports two variants that hold every kind of node the 11 have: B0 on Cityscapes (the
 B backbone, MBConv head blocks, the final 1x1 conv) and L1 on Cityscapes (the L backbone,
@@ -33,6 +35,7 @@ NAMES = [seg_name(b, d) for b, d in SEG_HEADS]
 ALWAYS = {"efficientvit_seg_b0_cityscapes", "efficientvit_seg_l1_cityscapes"}
 ALL = os.environ.get("EVIT_TEST_SEG_EXPORTS") == "all"
 SHAPE = (3, 64, 128)
+OTHER = (3, 96, 64)  # another size for the StableHLO file (symbolic height and width)
 
 
 def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
@@ -68,3 +71,11 @@ def test_exports_equal_the_jax_model(name: str, random_variables: Any, tmp_path:
         worst = max(float(np.abs(o1 - y[:1]).max()), float(np.abs(o3 - y[1:]).max()))
         print(f"{Path(path).name}: max |diff| {worst:.3g} (scale {np.abs(y).max():.3g})")
         assert worst <= tolerance, (path, worst, tolerance)
+    with open(hlo["path"], "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    assert [str(d) for d in exported.in_avals[0].shape] == ["batch", "3", "32*h", "32*w"]
+    z = np.random.default_rng(2).normal(size=(2, *OTHER)).astype(np.float32)
+    want = np.asarray(jax.jit(model.apply)(variables, z))
+    got = np.asarray(exported.call(z))
+    assert got.shape == want.shape == (2, model.config.num_classes, 12, 8)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))

@@ -14,7 +14,7 @@ kernels do.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,8 @@ def matrix(in_size: int, out_size: int, method: Method) -> np.ndarray:
 def _resize_axis(x: jax.Array, axis: int, size: int, method: Method) -> jax.Array:
     if x.shape[axis] == size:  # PyTorch's weights are then (0, 1, 0, 0): the identity
         return x
+    if not (isinstance(size, int) and isinstance(x.shape[axis], int)):
+        return _upsample_symbolic(x, axis, size, method)
     # One matrix product per axis rather than a gather and a weighted sum per tap: the same
     # weights (the products with the row's zeros add nothing), and on CPU the gathers'
     # gradient, a scatter-add, took 2.4x as long as the products' in a B0 training loss
@@ -84,6 +86,35 @@ def _resize_axis(x: jax.Array, axis: int, size: int, method: Method) -> jax.Arra
     m = jnp.asarray(matrix(x.shape[axis], size, method), x.dtype)
     out = jnp.tensordot(x, m, axes=((axis,), (1,)), precision=jax.lax.Precision.HIGHEST)
     return jnp.moveaxis(out, -1, axis)
+
+
+def _upsample_symbolic(x: jax.Array, axis: int, size: Any, method: Method) -> jax.Array:
+    """The resize to a symbolic ``size`` (``jax.export`` with a symbolic image size), an
+    integer multiple ``s`` of the input's: output ``s * i + r`` is the same combination of
+    inputs ``i - 1 .. i + 2`` for every ``i`` (phase ``r``), so the resize is ``s`` weighted sums
+    of shifted slices of the edge-padded input, interleaved. For a power-of-two ``s`` (MIT's
+    head: 2 and 4) each phase's weights are exactly ``taps``' (its source positions are exact
+    in float32); only the order of the additions differs from the matrix product."""
+    n = x.shape[axis]
+    s = size // n
+    if s * n != size or s < 1:
+        raise ValueError(
+            f"interpolate: a symbolic size must be a multiple of the input's, got {n} -> {size}"
+        )
+    width = 2 if method == "bilinear" else 4
+    index, weights = taps(4 * s, 4 * s * s, method)  # row s*i+r: phase r of an inner input i
+    padded = jnp.pad(x, [(2, 2) if a == axis else (0, 0) for a in range(x.ndim)], mode="edge")
+    phases = []
+    for r in range(s):
+        row = 2 * s * s + r  # output s*i+r for input i = 2s: far from both edges
+        acc = 0
+        for k in range(width):
+            shift = int(index[row, k]) - 2 * s  # the tap's input, relative to i
+            part = jax.lax.slice_in_dim(padded, 2 + shift, 2 + shift + n, axis=axis)
+            acc = acc + part * jnp.asarray(weights[row, k], x.dtype)
+        phases.append(acc)
+    out = jnp.stack(phases, axis=axis + 1)
+    return out.reshape((*x.shape[:axis], size, *x.shape[axis + 1 :]))
 
 
 def interpolate(
@@ -99,5 +130,7 @@ def interpolate(
     ``size`` the output ``(height, width)``, any size, larger or smaller.
     """
     h_axis, w_axis = (2, 3) if data_format == "NCHW" else (1, 2)
-    x = _resize_axis(x, w_axis, int(size[1]), method)
-    return _resize_axis(x, h_axis, int(size[0]), method)
+    # NumPy's integers become ints; a symbolic size (``jax.export``) stays as it is
+    height, width = (int(d) if isinstance(d, int | np.integer) else d for d in size)
+    x = _resize_axis(x, w_axis, width, method)
+    return _resize_axis(x, h_axis, height, method)
