@@ -220,8 +220,6 @@ def test_each_command_names_the_extra_that_brings_its_module():
         (["predict", "{img}"], "efficientvit_sam_l0", "classifiers", "sam"),
         (["predict", "{img}"], "efficientvit-seg-b0-cityscapes", "classifiers", "segment"),
         (["eval", "--data", "{data}"], "efficientvit_sam_xl0", "classifiers or segmentation models", "sam"),
-        (["train", "--data", "{data}", "-o", "{out}/run"], "efficientvit_sam_l2",
-         "classifiers or segmentation models", "sam"),
         (["sam", "{img}", "--point", "1,1", "-o", "{out}/masks"], "efficientvit_b0",
          "segment-anything models", "predict"),
     ],

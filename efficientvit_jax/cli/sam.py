@@ -1,5 +1,5 @@
-"""``efficientvit-jax sam IMAGE --model M [--weights F] (--point X,Y[,LABEL] ... [--box
-X0,Y0,X1,Y1] | --auto) --output DIR [--json]``: EfficientViT-SAM's masks of one image.
+"""``efficientvit-jax sam IMAGE (--model M [--weights F] | --checkpoint RUN) (--point X,Y[,LABEL]
+... [--box X0,Y0,X1,Y1] | --auto) --output DIR [--json]``: EfficientViT-SAM's masks of one image.
 
 Prompts (``sam.SamPredictor``): points (LABEL 1, the default, on the object; 0 off it) and/or
 one box, in the image's pixels. One point alone gives SAM's three candidate masks, anything
@@ -11,7 +11,10 @@ score, box (x0, y0, x1, y1, inclusive pixel edges) and area.
 
 ``--weights``: one of MIT's checkpoint files (``.pt``, ``.safetensors``) or a ``convert``
 folder; without it, MIT's published checkpoint from the Hugging Face Hub's cache (downloaded
-into it on first use), as ``segment`` does: never random weights.
+into it on first use), as ``segment`` does: never random weights. ``--checkpoint RUN``: a SAM
+fine-tuning run (``efficientvit-jax train --model efficientvit_sam_* --data DIR``; its folder,
+``checkpoints/`` or one step), the model and weights it trained (``--model``, if given, must be
+the run's).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sam", help="segment anything: masks from points, a box, or --auto")
     p.add_argument("image", metavar="IMAGE", help="an image file")
     p.add_argument("--model", help="efficientvit_sam_l0 .. efficientvit_sam_xl1 (or MIT's names)")
+    p.add_argument("--checkpoint", metavar="RUN",
+                   help="a SAM fine-tuning run of `train` (instead of --model and --weights)")  # fmt: skip
     p.add_argument(
         "--weights",
         help="MIT's checkpoint (.pt, .safetensors) or a convert folder (default: MIT's "
@@ -83,8 +88,11 @@ def parse_prompts(args: argparse.Namespace) -> tuple[np.ndarray | None, np.ndarr
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.model is None:
-        raise ValueError("give --model NAME (efficientvit_sam_l0 .. efficientvit_sam_xl1)")
+    if args.model is None and args.checkpoint is None:
+        raise ValueError("give --model NAME (efficientvit_sam_l0 .. efficientvit_sam_xl1) or "
+                         "--checkpoint RUN (a SAM fine-tuning run)")  # fmt: skip
+    if args.checkpoint is not None and args.weights is not None:
+        raise ValueError("--checkpoint and --weights: give one (the run holds its weights)")
     prompted = bool(args.point) or args.box is not None
     if prompted == args.auto:
         raise ValueError("give prompts (--point X,Y[,LABEL] ..., --box X0,Y0,X1,Y1) or --auto")
@@ -120,6 +128,21 @@ def load_sam(name: str, weights: str | None) -> tuple[Any, Any]:
     return zoo.create_model(name), zoo.load_mit_weights(weights, name)
 
 
+def load_run_model(path: str, name: str | None) -> tuple[Any, Any]:
+    """``(model, variables)`` of a SAM fine-tuning run; ``name`` (``--model``) must be its."""
+    from efficientvit_jax.training.sam import load_sam_run
+    from efficientvit_jax.zoo import registry
+
+    run = load_sam_run(path)
+    if (
+        name is not None
+        and registry.get_entry(name).name != registry.get_entry(run.config.model).name
+    ):
+        raise ValueError(f"--model {name}: the run {run.path} fine-tuned {run.config.model}")
+    print(f"model {run.config.model} fine-tuned in {run.path} (step {run.step})")
+    return run.model, run.variables
+
+
 def run(args: argparse.Namespace) -> int:
     check_flags(args)
     points, labels, box = parse_prompts(args)
@@ -127,13 +150,17 @@ def run(args: argparse.Namespace) -> int:
     from efficientvit_jax.data.image import load_image
     from efficientvit_jax.zoo import registry
 
-    registry.check_task(args.model, ("sam",), "sam")  # another task's model: refused first
+    if args.model is not None:  # another task's model: refused first
+        registry.check_task(args.model, ("sam",), "sam")
     check_output_folder(args.output)
     if not os.path.isfile(args.image):
         raise ValueError(f"IMAGE {args.image}: no such file")
     image = np.asarray(load_image(args.image))
     check_inside(points, box, image.shape[:2], args)
-    model, variables = load_sam(args.model, args.weights)
+    if args.checkpoint is not None:
+        model, variables = load_run_model(args.checkpoint, args.model)
+    else:
+        model, variables = load_sam(args.model, args.weights)
     check_output_writable(args.output)
     if args.auto:
         records = _generate(model, variables, image, args)
@@ -251,7 +278,7 @@ def write_outputs(
     Image.fromarray(overlay(image, shown, points, labels, box)).save(over)
     report = {
         "image": args.image,
-        "model": args.model,
+        "model": args.model or args.checkpoint,
         "mode": "auto" if args.auto else "prompt",
         "masks": masks,
         "overlay": over,

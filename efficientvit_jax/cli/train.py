@@ -1,7 +1,9 @@
 """``efficientvit-jax train``: train on scikit-learn's digits (the main job) or, with
 ``--data DIR``, on image folders or a segmentation dataset (with an ``efficientvit_seg_*``
 ``--model``); ``--preset digits-seg`` is the digits segmentation job (its data generated
-first); metrics, plot, checkpoints.
+first); metrics, plot, checkpoints. With a segment-anything ``--model``
+(``efficientvit_sam_*``) it fine-tunes SAM on a segmentation dataset's masks
+(``cli.sam_train``).
 
 Only flags -> ``training.TrainConfig`` here; the run is ``training.train(config, workdir)``.
 Every flag defaults to ``None`` ("not given"), so that the config's own defaults (the
@@ -16,6 +18,7 @@ import dataclasses
 import os
 from typing import Any
 
+from efficientvit_jax.cli import sam_train
 from efficientvit_jax.cli.common import add_model_flags
 from efficientvit_jax.training.config import PRESETS
 from efficientvit_jax.training.distributed import add_scale_flags
@@ -33,10 +36,14 @@ PRESET_OUTPUT = "runs/{preset}"  # a preset's default --output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train on the digits, or on image folders with --data")
+    p = sub.add_parser(
+        "train",
+        help="train on the digits, or on image folders with --data; fine-tune SAM on masks",
+    )
     add_model_flags(p)
     add_train_flags(p)
     add_folder_flags(p)
+    sam_train.add_sam_flags(p)
     add_scale_flags(p)
     # Every default None: "not given" (the config's defaults apply; see the module).
     p.set_defaults(**{a.dest: None for a in p._actions if a.dest != "help"})
@@ -74,10 +81,12 @@ def add_folder_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("training on image folders (--data)")
     g.add_argument("--data", help="DIR/train/<class>/... and DIR/val/<class>/...; with a "
-                   "segmentation --model, a Cityscapes, ADE20K or generic (train/ + val/) root")  # fmt: skip
+                   "segmentation or SAM --model, a Cityscapes, ADE20K or generic (train/ + val/) "
+                   "root")  # fmt: skip
     g.add_argument("--val-split", type=float, help="hold out this fraction of DIR")
     g.add_argument("--model", help="zoo name or tag (default: the core builder at 224 px)")
-    g.add_argument("--weights", help="start from a timm checkpoint or convert folder")
+    g.add_argument("--weights", help="start from a timm checkpoint or convert folder (a SAM "
+                   "--model: MIT's checkpoint file)")  # fmt: skip
     g.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     g.add_argument("--backbone-lr-scale", type=float,
                    help="with --weights: backbone learning rate = this x --learning-rate (0.1)")  # fmt: skip
@@ -213,6 +222,8 @@ def prepare_preset_data(preset: str, folder: str, output: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train as the flags say; see the module."""
+    if sam_train.wants_sam(args):  # a segment-anything model: its own recipe and run
+        return sam_train.run(args)
     config = config_from_args(args)  # every rule checked: one-line ValueError
     # The `train` extra's modules, before anything is written (a missing one names the extra).
     import matplotlib  # noqa: F401

@@ -188,7 +188,7 @@ class SamAutomaticMaskGenerator:
         labels = np.ones((p, 1), np.int64)
         low_res, iou, _ = pred._decode_padded(points[:, None], labels, None, None, True, 0)
         masks, stability, boxes = _batch_stats(
-            low_res, pred.input_sizes[0], size, self.stability_score_offset
+            low_res, pred.input_sizes[0], size, self.stability_score_offset, pred.prompt_size
         )
         iou = np.asarray(iou)[:p].reshape(-1)  # prompt-major, as the reference's flatten
         stability = np.asarray(stability)[:p].reshape(-1)
@@ -235,13 +235,17 @@ class SamAutomaticMaskGenerator:
         return _filter(data, keep)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3))
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _batch_stats(
-    low_res: jax.Array, input_size: tuple[int, int], size: tuple[int, int], offset: float
+    low_res: jax.Array,
+    input_size: tuple[int, int],
+    size: tuple[int, int],
+    offset: float,
+    prompt_size: int = transforms.PROMPT_SIZE,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Boolean masks at the crop's size, their stability scores and boxes, from the
     decoder's low-resolution logits (the logits at full size never leave the device)."""
-    logits = transforms.postprocess_masks(low_res, input_size, size)
+    logits = transforms.postprocess_masks(low_res, input_size, size, prompt_size)
     stability = amg.calculate_stability_score(logits, MASK_THRESHOLD, offset)
     masks = logits > MASK_THRESHOLD
     return masks, stability, amg.batched_mask_to_box(masks)

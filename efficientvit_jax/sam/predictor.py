@@ -221,7 +221,7 @@ class SamPredictor:
             point_coords, point_labels, boxes, mask_input, multimask_output, i
         )
         sizes = (self.input_sizes[i], self.original_sizes[i])
-        masks = _postprocess(low_res, *sizes, not return_logits)
+        masks = _postprocess(low_res, *sizes, not return_logits, self.prompt_size)
         return np.asarray(masks)[:p], np.asarray(iou)[:p], np.asarray(low_res)[:p]
 
     def decode(
@@ -313,13 +313,18 @@ def _decode(
     return (low_res.transpose(0, 3, 1, 2) if nhwc else low_res), iou
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3))
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _postprocess(
-    low_res: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], threshold: bool
+    low_res: jax.Array,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    threshold: bool,
+    prompt_size: int = transforms.PROMPT_SIZE,
 ) -> jax.Array:
     """Logits (or masks, ``threshold``) at the image's size; one program per (prompt
-    bucket, input size, original size)."""
-    masks = transforms.postprocess_masks(low_res, input_size, original_size)
+    bucket, input size, original size). ``input_size`` is in the model's prompt frame
+    (``prompt_size``: 1024 for MIT's models, smaller for a small fine-tuned one)."""
+    masks = transforms.postprocess_masks(low_res, input_size, original_size, prompt_size)
     return masks > MASK_THRESHOLD if threshold else masks
 
 

@@ -522,11 +522,23 @@ def load_config(workdir: str) -> TrainConfig:
         )
     try:
         with open(path) as f:
-            return TrainConfig.from_dict(json.load(f))
+            stored = json.load(f)
+        if isinstance(stored, dict) and stored.get("task") == "sam":  # training.sam_config's
+            raise _SamRunError(
+                f"{workdir} is a SAM fine-tuning run: load it with training.sam.load_sam_run "
+                f"(`efficientvit-jax sam --checkpoint {workdir}`)"
+            )
+        return TrainConfig.from_dict(stored)
+    except _SamRunError as e:
+        raise ValueError(str(e)) from None
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ValueError(f"{path}: unreadable run config ({e})") from None
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+class _SamRunError(Exception):
+    """A SAM fine-tuning run's folder where a ``TrainConfig`` run was expected."""
 
 
 __all__ = [

@@ -36,9 +36,14 @@ def is_segmentation(config: TrainConfig) -> bool:
     """Whether ``config`` trains a segmentation model (a registered ``efficientvit_seg_*``)."""
     if config.model.name is None:
         return False
-    from efficientvit_jax.zoo.registry import check_task
+    from efficientvit_jax.zoo.registry import check_task, get_entry
 
-    # a model of another task (segment anything) is refused here, before any work
+    # a segment-anything model is refused here, before any work: its recipe is another
+    if get_entry(config.model.name).task == "sam":
+        raise ValueError(
+            f"--model {config.model.name} is a segment-anything model: fine-tune it with "
+            "training.sam.finetune_sam(SamTuneConfig(...)) (`efficientvit-jax train` takes it)"
+        )
     tasks = ("classification", "segmentation")
     return check_task(config.model.name, tasks, "train").task == "segmentation"
 
