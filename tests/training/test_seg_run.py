@@ -5,12 +5,14 @@ One tiny dataset (digits-seg, 32 px canvases) and two invocations shared by the 
 tests: a straight run of 4 steps (2 epochs, EMA, the whole augmentation recipe, 2 decoding
 threads, checkpoints at steps 1 and 4), and a copy of its folder cut back to step 1 then
 resumed to the end. The two compile the same programs (the persistent compilation cache
-serves the second)."""
+serves the second). A third run, on a mesh of two simulated devices, takes the same steps."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +121,23 @@ def test_remat_is_the_run_s_own_and_kept_on_resume(runs: tuple[Path, Path]) -> N
     for run in runs:
         assert load_run(run).config.model.remat == "block"
         assert load_run(run).model.config.remat == "block"
+
+
+def test_a_run_on_a_two_device_mesh_steps_as_on_one(
+    data: str, runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Segmentation shards as classification does: the same run on a mesh of 2 (simulated) CPU
+    devices, each holding half of every batch, takes the same first 2 steps as the one-device
+    run (the per-pixel loss summed across devices: equal to float32 rounding)."""
+    out = tmp_path / "mesh"
+    # a fresh process: the CPU device count must be set before JAX starts
+    argv = [*_argv(data, out, "--max-steps", "2"), "--cpu-devices", "2", "--mesh", "data=2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "efficientvit_jax.cli", *argv],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 devices (2 local) in 1 process(es); mesh data=2 fsdp=1" in proc.stdout
+    mesh, one = _metrics(out), _metrics(runs[0])
+    assert mesh["step"] == 2
+    np.testing.assert_allclose(mesh["step_losses"], one["step_losses"][:2], rtol=1e-5)
