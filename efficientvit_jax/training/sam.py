@@ -82,8 +82,15 @@ def build_sam(config: SamTuneConfig) -> Any:
     """The ``EfficientViTSam`` of the recipe (one line for a model that is not SAM)."""
     from efficientvit_jax.zoo import create_model, registry
 
-    name = registry.check_task(config.model, ("sam",), "train").name
-    return create_model(name, **model_overrides(config))
+    entry = registry.check_task(config.model, ("sam",), "train")
+    overrides = model_overrides(config)
+    r = overrides.get("backbone", entry.config.backbone).reduction
+    size = config.image_size
+    if size is not None and size % r:
+        raise ValueError(
+            f"--image-size must be a multiple of {r} (the encoder's stride), got {size}"
+        )
+    return create_model(entry.name, **overrides)
 
 
 def _init_inputs(model: Any) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -265,7 +272,8 @@ def finetune_sam(
     ckpt = _open_checkpoints(config, workdir, resume)
     save_config(config, workdir)
     _write_run_file(workdir, config, data)
-    print(f"model {config.model} from {start}", flush=True)
+    changed = f" ({', '.join(sorted(config.architecture))} changed)" if config.architecture else ""
+    print(f"model {config.model}{changed} from {start}", flush=True)
     return _train(config, model, data, variables, ckpt, workdir, resume, t_start)
 
 
