@@ -1,7 +1,8 @@
 """``efficientvit-jax``: the command-line program, one module per command.
 
 Commands:
-  train    train on scikit-learn's digits (no download); metrics, plot, checkpoints
+  train    train on scikit-learn's digits (no download); metrics, plot, checkpoints; with a
+           segment-anything --model, fine-tune SAM on a segmentation dataset's masks
   predict  top classes of image files with a pretrained (or converted) model
   segment  label maps and overlays of images with a segmentation model
   sam      segment anything: masks of an image from points, a box, or all of them (--auto)

@@ -4,7 +4,8 @@ jitted steps, data, checkpoints.
 A whole run is ``train(TrainConfig(...), workdir)`` (``training.config``: the recipe as a
 typed tree; ``TrainConfig()`` is the digits job, ``digits_seg_config(folder)`` the digits
 segmentation job; a segmentation run is any config whose ``model.name`` is an
-``efficientvit_seg_*`` model, on a segmentation dataset). The pieces take any flax model as an
+``efficientvit_seg_*`` model, on a segmentation dataset; fine-tuning EfficientViT-SAM on masks is
+``training.sam.finetune_sam(SamTuneConfig(...), workdir)``). The pieces take any flax model as an
 argument (only ``training.recipe`` builds the package's models, lazily). Typical use of
 the pieces::
 
