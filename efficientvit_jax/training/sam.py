@@ -268,6 +268,9 @@ def finetune_sam(
     check_output_folder(workdir)
     model = build_sam(config)
     data = read_data(config, model)
+    skipped = [p for p, _ in (*data.train.skipped, *data.val.skipped)]
+    if skipped:  # --skip-bad: left out, and said so
+        print(f"skipped {len(skipped)} image(s) without a usable mask: {', '.join(skipped)}")
     variables, start = start_variables(config, model)
     ckpt = _open_checkpoints(config, workdir, resume)
     save_config(config, workdir)

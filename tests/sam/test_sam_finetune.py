@@ -190,6 +190,15 @@ def test_a_bad_layout_or_a_missing_mask_is_one_line(data: str, tmp_path: Path, c
     err = _error(main(["train", "--model", "efficientvit_sam_l0", "--data", str(broken),
                        "-o", str(out)]), capsys)  # fmt: skip
     assert "00003.png has no mask" in err
+    Image.new("L", (32, 64)).save(broken / "train" / "masks" / "00003.png")  # a narrow mask
+    err = _error(main(["train", "--model", "efficientvit_sam_l0", "--data", str(broken),
+                       "-o", str(out)]), capsys)  # fmt: skip
+    assert "is 64x64 but its mask" in err and "00003.png is 32x64" in err
+    from efficientvit_jax.data.segmentation import find_seg_dataset
+    from efficientvit_jax.training.sam_data import read_split
+
+    split = read_split(find_seg_dataset(str(broken), "train"), 64, 64, 16, skip_bad=True)
+    assert len(split) == 47 and [Path(p).name for p, _ in split.skipped] == ["00003.png"]
     err = _error(main(["train", "--model", "efficientvit_sam_l0", "--data", str(broken),
                        "--augment", "light", "-o", str(out)]), capsys)  # fmt: skip
     assert "--augment: not an option of SAM fine-tuning" in err
