@@ -271,7 +271,11 @@ def finetune_sam(
     skipped = [p for p, _ in (*data.train.skipped, *data.val.skipped)]
     if skipped:  # --skip-bad: left out, and said so
         print(f"skipped {len(skipped)} image(s) without a usable mask: {', '.join(skipped)}")
-    variables, start = start_variables(config, model)
+    if resume:  # a template of the shapes: the checkpoint holds the values (the start's file
+        # or run need not exist any more)
+        variables, start = random_variables(model, config.seed), f"{workdir} (resumed)"
+    else:
+        variables, start = start_variables(config, model)
     ckpt = _open_checkpoints(config, workdir, resume)
     save_config(config, workdir)
     _write_run_file(workdir, config, data)
