@@ -253,3 +253,28 @@ def test_each_sam_flag_sets_exactly_its_field(dest: str) -> None:
     base, new = _sam_config().to_dict(), _sam_config(*flag).to_dict()
     assert {k for k in base if base[k] != new[k]} == {dest}
     assert new[dest] == value and type(new[dest]) is type(value)
+
+
+def test_weights_start_from_an_mit_checkpoint_file(tmp_path: Path) -> None:
+    """``--weights FILE``: MIT's state dict (here the small model's random variables written
+    with MIT's names and layouts) loads through ``load_mit_weights`` with the architecture."""
+    from flax import traverse_util
+    from safetensors.numpy import save_file
+
+    from efficientvit_jax.training.sam import build_sam, random_variables, start_variables
+    from efficientvit_jax.zoo.sam.convert import mit_key
+
+    config = _config("unused", architecture=TINY)
+    model = build_sam(config)
+    variables = random_variables(model, 1)
+    sd = {}
+    for path, leaf in traverse_util.flatten_dict(variables).items():
+        value = np.asarray(leaf)
+        if path[-1] == "kernel":  # Flax's layouts back to PyTorch's
+            value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+        sd[mit_key("/".join(path[1:]), model.config)] = np.ascontiguousarray(value)
+    save_file(sd, str(tmp_path / "small.safetensors"))
+    loaded, where = start_variables(
+        config.replace(weights=str(tmp_path / "small.safetensors")), model
+    )
+    assert where.endswith("small.safetensors") and tree_equal(loaded, variables)
