@@ -43,9 +43,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+import timing  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = len(os.sched_getaffinity(0))
@@ -57,19 +58,6 @@ AMG_WARMUP_POINTS = 8  # one batch of 64 points
 
 def _name(model: str) -> str:
     return f"efficientvit_sam_{model}"
-
-
-def _best(run: Any, repeats: int, warmup: Any = None) -> tuple[float, float]:
-    """(first call, best of the ``repeats`` after it), in seconds."""
-    t = time.perf_counter()
-    (warmup or run)()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return first, min(times)
 
 
 def _photo():
@@ -89,32 +77,16 @@ def _points(n: int):
 
 
 def _reference(model: str, weights: str | None = None) -> Any:
-    """MIT's model in eval mode: random (seed 0) with perturbed norms, or ``weights``."""
-    import warnings
+    """MIT's model in eval mode: random (seed 0) with perturbed norms as the parity tests build
+    it (``tests/zoo/_sam_reference.py``), then ``weights`` loaded if given."""
+    sys.path.insert(0, str(ROOT / "tests" / "zoo"))
+    from _sam_reference import reference
 
-    import torch
-    from efficientsam.sam_model_zoo import create_efficientvit_sam_model
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecations in MIT's code
-        net = create_efficientvit_sam_model(_name(model).replace("_", "-"), pretrained=False)
-    net = net.eval()
+    net = reference(_name(model), seed=0)
     if weights is not None:
         from safetensors.torch import load_file
 
         net.load_state_dict(load_file(weights))
-        return net
-    with torch.no_grad():
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0.0, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-            if isinstance(mod, torch.nn.BatchNorm2d | torch.nn.LayerNorm) or (
-                type(mod).__name__ == "LayerNorm2d"
-            ):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0.0, 0.2)
     return net
 
 
@@ -141,9 +113,9 @@ def run_torch(case: str, model: str, size: int, a: argparse.Namespace) -> tuple[
             with torch.inference_mode():
                 net.image_encoder(x)
 
-        return _best(one, a.repeats)
+        return timing.best(one, a.repeats)
     if case == "decoder":
-        return _best(_torch_decoder(net, size), a.repeats)
+        return timing.best(_torch_decoder(net, size), a.repeats)
     return _torch_amg(net, size, a.amg_repeats)
 
 
@@ -181,7 +153,9 @@ def _torch_amg(net: Any, points: int, repeats: int) -> tuple[float, float, int]:
         with torch.inference_mode():
             found.append(len(generator.generate(photo)))
 
-    first, best = _best(lambda: generate(points), repeats, lambda: generate(AMG_WARMUP_POINTS))
+    first, best = timing.best(
+        lambda: generate(points), repeats, lambda: generate(AMG_WARMUP_POINTS)
+    )
     return first, best, found[-1]
 
 
@@ -200,9 +174,9 @@ def run_jax(case: str, model: str, size: int, layout: str, a: argparse.Namespace
         shape = (1, 3, size, size) if layout == "NCHW" else (1, size, size, 3)
         x = jax.device_put(np.random.default_rng(0).normal(size=shape).astype(np.float32))
         embed = jax.jit(lambda v, x: net.apply(v, x, method="embed_images"))
-        return _best(lambda: jax.block_until_ready(embed(variables, x)), a.repeats)
+        return timing.best(lambda: jax.block_until_ready(embed(variables, x)), a.repeats)
     if case == "decoder":
-        return _best(_jax_decoder(net, variables, size, layout), a.repeats)
+        return timing.best(_jax_decoder(net, variables, size, layout), a.repeats)
     return _jax_amg(net, variables, size, a.amg_repeats)
 
 
@@ -232,7 +206,9 @@ def _jax_amg(net: Any, variables: Any, points: int, repeats: int) -> tuple[float
         generator = SamAutomaticMaskGenerator(net, variables, points_per_side=n)
         found.append(len(generator.generate(photo)))
 
-    first, best = _best(lambda: generate(points), repeats, lambda: generate(AMG_WARMUP_POINTS))
+    first, best = timing.best(
+        lambda: generate(points), repeats, lambda: generate(AMG_WARMUP_POINTS)
+    )
     return first, best, found[-1]
 
 

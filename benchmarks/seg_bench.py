@@ -22,8 +22,9 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import timing  # benchmarks/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "cityscapes"
@@ -33,19 +34,6 @@ def _image(h: int, w: int):
     import numpy as np
 
     return np.random.default_rng(0).normal(size=(1, 3, h, w)).astype(np.float32)
-
-
-def _best(run, repeats: int) -> tuple[float, float]:
-    """(first call, best of the ``repeats`` after it), in seconds."""
-    t = time.perf_counter()
-    run()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return first, min(times)
 
 
 def run_jax(variant: str, h: int, w: int, repeats: int, layout: str) -> tuple[float, float]:
@@ -63,7 +51,7 @@ def run_jax(variant: str, h: int, w: int, repeats: int, layout: str) -> tuple[fl
     variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
     fwd = jax.jit(model.apply)
     xj = jnp.asarray(x)
-    return _best(lambda: jax.block_until_ready(fwd(variables, xj)), repeats)
+    return timing.best(lambda: jax.block_until_ready(fwd(variables, xj)), repeats)
 
 
 def run_torch(variant: str, h: int, w: int, repeats: int) -> tuple[float, float]:
@@ -80,7 +68,7 @@ def run_torch(variant: str, h: int, w: int, repeats: int) -> tuple[float, float]
         with torch.inference_mode():
             model(x)
 
-    return _best(one, repeats)
+    return timing.best(one, repeats)
 
 
 def child(side: str, variant: str, h: int, w: int, repeats: int, layout: str) -> dict:
