@@ -489,6 +489,26 @@ class Checkpointer:
             self._manager = None
 
 
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoint folder
+
+
+def open_run_checkpoints(workdir: str, identity: Any, keep: int, *, resume: bool) -> Checkpointer:
+    """The ``Checkpointer`` of the run in ``workdir`` (its ``checkpoints/``), identified by
+    ``identity``; refuses to mix runs (checkpoints there without ``resume``) before anything
+    is written."""
+    from efficientvit_jax._io import check_output_writable
+
+    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+    check_output_writable(workdir)
+    ckpt = Checkpointer(ckpt_dir, config=identity, max_to_keep=keep)
+    if not resume and ckpt.latest_step() is not None:
+        raise ValueError(
+            f"{ckpt_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
+            "pass --resume to continue, or choose another --output"
+        )
+    return ckpt
+
+
 def _one_line(e: BaseException) -> str:
     # Orbax wraps a failed array read in a generic "Encountered error while reading array
     # index"; the innermost cause is the TensorStore error that names the array and file.

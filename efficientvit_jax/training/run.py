@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+from efficientvit_jax.training.checkpoint import CHECKPOINTS, open_run_checkpoints
 from efficientvit_jax.training.config import (
     OPERATIONAL,
     TrainConfig,
@@ -28,7 +29,6 @@ from efficientvit_jax.training.config import (
 )
 
 RUN_FILE = "run.json"
-CHECKPOINTS = "checkpoints"
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
@@ -76,7 +76,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     task = _task(config, model, data, source)
     if main:
         print(recipe.describe_model(config, model), flush=True)
-    ckpt = _open_checkpoints(config, workdir, resume)
+    ckpt = open_run_checkpoints(workdir, identity(config), config.output.keep, resume=resume)
     if main:
         save_config(config, workdir)
         _write_run_file(workdir, data, eval_data)
@@ -230,23 +230,6 @@ def identity(config: TrainConfig) -> dict[str, Any]:
         k: v for k, v in flatten(config).items()
         if k not in OPERATIONAL and k != "schedule.epochs"
     }  # fmt: skip
-
-
-def _open_checkpoints(config: TrainConfig, workdir: str, resume: bool) -> Any:
-    """The run's ``Checkpointer``; refuses to mix runs (checkpoints present without
-    ``resume``) before anything is written."""
-    from efficientvit_jax._io import check_output_writable
-    from efficientvit_jax.training.checkpoint import Checkpointer
-
-    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
-    check_output_writable(workdir)
-    ckpt = Checkpointer(ckpt_dir, config=identity(config), max_to_keep=config.output.keep)
-    if not resume and ckpt.latest_step() is not None:
-        raise ValueError(
-            f"{ckpt_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
-            "pass --resume to continue, or choose another --output"
-        )
-    return ckpt
 
 
 def _write_run_file(workdir: str, data: _Data, eval_data: Any) -> None:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax.training.checkpoint import CHECKPOINTS, open_run_checkpoints
 from efficientvit_jax.training.loop import RunLog
 from efficientvit_jax.training.sam_config import (
     SamTuneConfig,
@@ -55,7 +56,7 @@ from efficientvit_jax.training.sam_steps import (
     trainable_names,
 )
 
-CHECKPOINTS, RUN_FILE = "checkpoints", "run.json"
+RUN_FILE = "run.json"
 
 
 # --------------------------------------------------------------------------- the model
@@ -276,7 +277,7 @@ def finetune_sam(
         variables, start = random_variables(model, config.seed), f"{workdir} (resumed)"
     else:
         variables, start = start_variables(config, model)
-    ckpt = _open_checkpoints(config, workdir, resume)
+    ckpt = open_run_checkpoints(workdir, config.identity(), config.keep, resume=resume)
     save_config(config, workdir)
     _write_run_file(workdir, config, data)
     changed = f" ({', '.join(sorted(config.architecture))} changed)" if config.architecture else ""
@@ -288,21 +289,6 @@ def _stored(workdir: str) -> SamTuneConfig:
     if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
         raise ValueError(f"--resume: no checkpoint folder {os.path.join(workdir, CHECKPOINTS)}")
     return load_config(workdir)
-
-
-def _open_checkpoints(config: SamTuneConfig, workdir: str, resume: bool) -> Any:
-    from efficientvit_jax._io import check_output_writable
-    from efficientvit_jax.training.checkpoint import Checkpointer
-
-    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
-    check_output_writable(workdir)
-    ckpt = Checkpointer(ckpt_dir, config=config.identity(), max_to_keep=config.keep)
-    if not resume and ckpt.latest_step() is not None:
-        raise ValueError(
-            f"{ckpt_dir} already holds checkpoints (latest step {ckpt.latest_step()}); "
-            "pass --resume to continue, or choose another --output"
-        )
-    return ckpt
 
 
 def _write_run_file(workdir: str, config: SamTuneConfig, data: SamData) -> None:
