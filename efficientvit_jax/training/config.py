@@ -492,13 +492,22 @@ def resume_config(stored: TrainConfig, new: TrainConfig) -> TrainConfig:
     and ``schedule.epochs`` equal or larger (the cosine decay is then stretched over the new
     length from the step reached). ``ValueError`` naming every differing field otherwise."""
     diffs = differences(stored, new, ignore=OPERATIONAL | {"schedule.epochs"})
-    if new.schedule.epochs < stored.schedule.epochs:
-        diffs.insert(0, f"schedule.epochs: {stored.schedule.epochs} -> {new.schedule.epochs} "
-                        "(a run can be extended, not shortened)")  # fmt: skip
+    check_continues(diffs, "schedule.epochs", stored.schedule.epochs, new.schedule.epochs)
+    return new
+
+
+def check_continues(
+    diffs: list[str], epochs_field: str, stored_epochs: int, new_epochs: int
+) -> None:
+    """Refuse a ``--resume`` in one line naming every recipe difference in ``diffs`` and a
+    shortened run (``new_epochs`` below ``stored_epochs``, named ``epochs_field``); any run
+    folder's config (``TrainConfig``, the SAM fine-tuning's ``SamTuneConfig``) resumes so."""
+    if new_epochs < stored_epochs:
+        diffs = [f"{epochs_field}: {stored_epochs} -> {new_epochs} "
+                 "(a run can be extended, not shortened)", *diffs]  # fmt: skip
     if diffs:
         raise ValueError("--resume: the run was started with another recipe; differs in "
                          + "; ".join(diffs))  # fmt: skip
-    return new
 
 
 def save_config(config: TrainConfig, workdir: str) -> str:

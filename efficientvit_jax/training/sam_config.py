@@ -17,6 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from efficientvit_jax.training.config import check_continues
+
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 TASK = "sam"
@@ -200,12 +202,7 @@ def resume_config(stored: SamTuneConfig, new: SamTuneConfig) -> SamTuneConfig:
     a, b = stored.to_dict(), new.to_dict()
     diffs = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
              if k not in OPERATIONAL | {"epochs"} and a.get(k) != b.get(k)]  # fmt: skip
-    if new.epochs < stored.epochs:
-        diffs.insert(0, f"epochs: {stored.epochs} -> {new.epochs} (a run can be extended, "
-                        "not shortened)")  # fmt: skip
-    if diffs:
-        raise ValueError("--resume: the run was started with another recipe; differs in "
-                         + "; ".join(diffs))  # fmt: skip
+    check_continues(diffs, "epochs", stored.epochs, new.epochs)
     return new
 
 
