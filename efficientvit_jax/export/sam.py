@@ -323,6 +323,12 @@ def export_sam(
         for fmt in formats
         for part in parts
     ]
+    return _write_all(ready, out_dir)
+
+
+def _write_all(ready: list[tuple], out_dir: str) -> dict[str, dict[str, Any]]:
+    """Write the traced files of ``ready`` (``_trace``'s tuples) into ``out_dir``, created
+    now; each file's report with its trace and write time together."""
     check_output_writable(out_dir)
     written = {}
     for file_name, fmt, part, seconds, write in ready:
