@@ -58,8 +58,49 @@ class _XdistGroupIds:
                 item._id = NodeId.parse(tagged)
 
 
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+    "/jax/core/compile/backend_compile_duration": "compile",
+    "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read",
+}
+
+
+class _CompileLog:
+    """Where each test's time goes: seconds of tracing, lowering and XLA compilation, and the
+    number of compilations, appended as JSON lines to ``EVIT_TEST_COMPILE_LOG`` (one line per
+    test and phase; each xdist worker appends its own). Off unless the variable is set."""
+
+    def __init__(self, path):
+        import jax.monitoring
+
+        self.path, self.now = path, {}
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event, secs, **_):
+        key = _COMPILE_EVENTS.get(event)
+        if key:
+            self.now[key] = self.now.get(key, 0.0) + secs
+            if key == "compile":
+                self.now["compiles"] = self.now.get("compiles", 0) + 1
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        yield
+        import json
+
+        row = {"test": item.nodeid, "when": call.when, "secs": call.duration, **self.now}
+        self.now = {}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def pytest_configure(config):
     config.pluginmanager.register(_XdistGroupIds(), "evit-xdist-group-ids")
+    if os.environ.get("EVIT_TEST_COMPILE_LOG"):
+        config.pluginmanager.register(
+            _CompileLog(os.environ["EVIT_TEST_COMPILE_LOG"]), "evit-compile-log"
+        )
 
 
 _SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow.txt")

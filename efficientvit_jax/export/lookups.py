@@ -15,7 +15,10 @@ export tests compare the files byte for byte with and without it):
   the graph a node is in; the original would find that node among the outputs it scans);
 - a value whose producer is in the snapshot is produced by it (the original's first branch),
   with the snapshot's id set built once per snapshot (the optimiser's snapshots are fresh
-  ``list(graph)`` copies, never changed in place; a snapshot of another length rebuilds it).
+  ``list(graph)`` copies, never changed in place; a snapshot of another length rebuilds it);
+- a value with no producer (a graph input, an initializer: every Add's bias) is looked up by
+  name in an index of the snapshot's outputs built with the id set, where the original scans
+  every node's outputs (measured: 11 of L3's 38 s of ONNX export went to these scans).
 
 If ``jax2onnx`` moves these functions, nothing is patched and the export is as slow as before.
 """
@@ -46,18 +49,43 @@ def _connected(original: Any) -> Any:
     return connected
 
 
+class _Snapshot:
+    """The ids of a snapshot's nodes and, per output name, the first node giving it."""
+
+    def __init__(self, nodes: Sequence[Any]) -> None:
+        self.nodes, self.length = nodes, len(nodes)
+        self.ids = {id(n) for n in nodes}
+        self.by_name: dict[str, Any] = {}
+        for n in nodes:
+            for out in n.outputs:
+                if out is not None and out.name:
+                    self.by_name.setdefault(out.name, n)
+
+
 def _producer(original: Any) -> Any:
-    snapshot: dict[str, Any] = {"nodes": None, "length": -1, "ids": frozenset()}
+    held: list[_Snapshot] = []
 
     def producer_node(nodes: Sequence[Any], value: Any) -> Any:
         producer = getattr(value, "producer", None)
-        node = producer() if callable(producer) else None
+        if not callable(producer):  # a name: the original's scan
+            return original(nodes, value)
+        if not held or held[0].nodes is not nodes or held[0].length != len(nodes):
+            held[:] = [_Snapshot(nodes)]
+        snap, node = held[0], producer()
         if node is not None:
-            if snapshot["nodes"] is not nodes or snapshot["length"] != len(nodes):
-                snapshot.update(nodes=nodes, length=len(nodes), ids={id(n) for n in nodes})
-            if id(node) in snapshot["ids"]:
-                return node
-        return original(nodes, value)
+            return node if id(node) in snap.ids else original(nodes, value)
+        # No producer: a graph input or an initializer, which no node's output *is*; the
+        # original then returns the first node with an output of the same name (none, in a
+        # valid graph), found here in the index instead of by a scan.
+        name = getattr(value, "name", None) or None
+        found = snap.by_name.get(name) if name else None
+        if found is None:
+            return None
+        return (
+            found
+            if any(o is not None and o.name == name for o in found.outputs)
+            else original(nodes, value)
+        )
 
     return producer_node
 
