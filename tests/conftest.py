@@ -17,7 +17,10 @@ import pytest
 # XLA's optimisation passes double the compile time of the small programs the
 # tests build, and change nothing the tests assert (every comparison has a
 # tolerance). EVIT_TEST_FULL_OPT=1 runs the suite with them on.
+# The environment variable carries it into every process a test starts (the CLI, notebook
+# kernels, multi-process workers, the reloads of exported files).
 if os.environ.get("EVIT_TEST_FULL_OPT") != "1":
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     jax.config.update("jax_disable_most_optimizations", True)
 
 # One persistent compilation cache for the run: the pytest-xdist workers and every subprocess
