@@ -39,12 +39,12 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
 def test_quick_zoo_run_compares_with_timm(tmp_path):
     pytest.importorskip("timm", reason="the zoo section compares with timm's PyTorch models")
     runner = load_runner()
-    args = ["--quick", "--repeats", "1", "--sections", "zoo", "--models", "efficientvit_m0"]
+    args = ["--quick", "--repeats", "1", "--sections", "zoo", "--models", "efficientvit_b0"]
     assert runner.main([*args, "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["zoo"]
     assert [(r["model"], r["batch"]) for r in rows] == [
-        ("efficientvit_m0", 1),
-        ("efficientvit_m0", 2),
+        ("efficientvit_b0", 1),
+        ("efficientvit_b0", 2),
     ]
     assert rows[-1]["train_ratio"] > 0 and all(r["infer_ratio"] > 0 for r in rows)
 
