@@ -70,8 +70,8 @@ _COMPILE_EVENTS = {
 
 
 class _CompileLog:
-    """Where each test's time goes: seconds of tracing, lowering and XLA compilation, and the
-    number of compilations, appended as JSON lines to ``EVIT_TEST_COMPILE_LOG`` (one line per
+    """Where each test's time goes: seconds of tracing, lowering and XLA compilation, the
+    number of compilations and the names of those over 2 s, appended as JSON lines to ``EVIT_TEST_COMPILE_LOG`` (one line per
     test and phase; each xdist worker appends its own). Off unless the variable is set."""
 
     def __init__(self, path):
@@ -80,12 +80,14 @@ class _CompileLog:
         self.path, self.now = path, {}
         jax.monitoring.register_event_duration_secs_listener(self._record)
 
-    def _record(self, event, secs, **_):
+    def _record(self, event, secs, fun_name=None, **_):
         key = _COMPILE_EVENTS.get(event)
         if key:
             self.now[key] = self.now.get(key, 0.0) + secs
             if key == "compile":
                 self.now["compiles"] = self.now.get("compiles", 0) + 1
+                if secs >= 2.0:  # the programs worth sharing or shrinking, by name
+                    self.now.setdefault("slow_compiles", []).append([fun_name, round(secs, 1)])
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
