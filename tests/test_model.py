@@ -60,7 +60,7 @@ def test_jit_equals_eager(tiny):
 def test_vmap_over_parameter_sets_equals_separate_calls(tiny):
     model, _, images = tiny
     keys = jax.random.split(jax.random.key(11), 3)
-    stacked = jax.vmap(model.init, in_axes=(0, None))(keys, images)
+    stacked = jax.jit(jax.vmap(model.init, in_axes=(0, None)))(keys, images)
     outs = jax.jit(jax.vmap(model.apply, in_axes=(0, None)))(stacked, images)
     apply = jax.jit(model.apply)
     for i in range(3):

@@ -56,7 +56,7 @@ def test_batchnorm_model_trains_updates_statistics_and_checkpoints(tmp_path):
     # Evaluation uses the running statistics (train=False), not the batch's.
     ev = make_eval_step(model)(state, batch)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = model.apply(variables, batch["images"], train=False)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch["images"])
     expect = (jnp.argmax(logits, -1) == batch["labels"]).sum()
     assert float(ev["correct"]) == float(expect) and float(ev["count"]) == 8
 
