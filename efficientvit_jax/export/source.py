@@ -156,14 +156,9 @@ def to_float(tree: Any, dtype: Any) -> Any:
 
 
 def random_sam_variables(model: Any, seed: int = 0) -> dict[str, Any]:
-    """The model's own initialisation (``init``, jitted), traced at the smallest input side
-    (the variables do not depend on it) with one prompt of one point."""
-    cfg = model.config
-    side = cfg.backbone.reduction
-    m = cfg.mask_size
-    nchw = cfg.data_format == "NCHW"
-    images = jnp.zeros((1, *image_shape(cfg, side)), jnp.float32)
-    coords, labels = jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32)
-    masks = jnp.zeros((1, 1, m, m) if nchw else (1, m, m, 1), jnp.float32)
-    has_mask = jnp.zeros((1,), jnp.float32)
-    return jax.jit(model.init)(jax.random.key(seed), images, coords, labels, masks, has_mask)
+    """The model's own initialisation (``init``, jitted) on ``zoo.sam.init_inputs``: the
+    smallest input side (the variables do not depend on it) and one prompt of one point."""
+    from efficientvit_jax.zoo.sam import init_inputs
+
+    args = [jnp.zeros(a.shape, a.dtype) for a in init_inputs(model.config)]
+    return jax.jit(model.init)(jax.random.key(seed), *args)

@@ -94,30 +94,18 @@ def build_sam(config: SamTuneConfig) -> Any:
     return create_model(entry.name, **overrides)
 
 
-def _init_inputs(model: Any) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """``init``'s arguments at the smallest image side (the variables do not depend on it)."""
-    cfg = model.config
-    side, m = cfg.backbone.reduction, cfg.mask_size
-    nchw = cfg.data_format == "NCHW"
-    f32 = jnp.float32
-    return (
-        jax.ShapeDtypeStruct((1, 3, side, side) if nchw else (1, side, side, 3), f32),
-        jax.ShapeDtypeStruct((1, 1, 2), f32),
-        jax.ShapeDtypeStruct((1, 1), jnp.int32),
-        jax.ShapeDtypeStruct((1, 1, m, m) if nchw else (1, m, m, 1), f32),
-        jax.ShapeDtypeStruct((1,), f32),
-    )
-
-
 def random_variables(model: Any, seed: int) -> dict[str, Any]:
-    """Random variables of a SAM model drawn with NumPy from ``init``'s shapes (``eval_shape``:
-    nothing compiled; ``model.init`` compiles one program per parameter shape, seconds for
-    even a small model): kernels uniform in +-1/sqrt(fan-in) (PyTorch's default, the zoo's
-    ``TORCH_KERNEL_INIT``), biases 0, norm scales and BatchNorm variances 1, embeddings and
-    the positional-encoding matrix N(0, 1), as the initialisers draw them."""
+    """Random variables of a SAM model drawn with NumPy from its variables' shapes
+    (``zoo.sam.variable_shapes``: nothing compiled; ``model.init`` compiles one program per
+    parameter shape, seconds for even a small model): kernels uniform in +-1/sqrt(fan-in)
+    (PyTorch's default, the zoo's ``TORCH_KERNEL_INIT``), biases 0, norm scales and BatchNorm
+    variances 1, embeddings and the positional-encoding matrix N(0, 1), as the initialisers
+    draw them."""
     from flax import traverse_util
 
-    shapes = jax.eval_shape(model.init, jax.random.key(0), *_init_inputs(model))
+    from efficientvit_jax.zoo.sam import variable_shapes
+
+    shapes = variable_shapes(model.config)
     rng = np.random.default_rng(seed)
     out = {}
     for path, leaf in traverse_util.flatten_dict(shapes).items():

@@ -7,7 +7,13 @@ halves a predictor calls (``model``'s docstring); ``ABSENT_LABEL`` pads prompts.
 """
 
 from efficientvit_jax.zoo.sam import variants  # noqa: F401  (importing registers the variants)
-from efficientvit_jax.zoo.sam.convert import mit_key, sam_from_mit, sam_rules, variable_shapes
+from efficientvit_jax.zoo.sam.convert import (
+    init_inputs,
+    mit_key,
+    sam_from_mit,
+    sam_rules,
+    variable_shapes,
+)
 from efficientvit_jax.zoo.sam.model import (
     ABSENT_LABEL,
     SAM_L0_BACKBONE,
@@ -32,6 +38,7 @@ __all__ = [
     "SamConfig",
     "SamNeck",
     "TwoWayTransformer",
+    "init_inputs",
     "mit_key",
     "sam_from_mit",
     "sam_rules",

@@ -84,19 +84,26 @@ def mit_key(flax_path: str, config: SamConfig) -> str:
     return sam_rules(config).key(flax_path.split("/"))
 
 
+def init_inputs(config: SamConfig) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """``init``'s arguments after the key, in the config's layout: one image at the smallest
+    side (the variables do not depend on it), one prompt of one point, a mask input and its
+    flag."""
+    m, c = config.mask_size, config.in_channels
+    side = config.backbone.reduction
+    nchw = config.data_format == "NCHW"
+    return (
+        jax.ShapeDtypeStruct((1, c, side, side) if nchw else (1, side, side, c), config.dtype),
+        jax.ShapeDtypeStruct((1, 1, 2), jnp.float32),
+        jax.ShapeDtypeStruct((1, 1), jnp.int32),
+        jax.ShapeDtypeStruct((1, 1, m, m) if nchw else (1, m, m, 1), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.float32),
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def _shapes(config: SamConfig) -> dict[str, Any]:
     model = EfficientViTSam(config)
-    m, c = config.mask_size, config.in_channels
-    side = config.backbone.reduction  # the smallest input: the variables do not depend on it
-    args = (
-        jax.ShapeDtypeStruct((1, side, side, c), config.dtype),
-        jax.ShapeDtypeStruct((1, 1, 2), jnp.float32),
-        jax.ShapeDtypeStruct((1, 1), jnp.int32),
-        jax.ShapeDtypeStruct((1, m, m, 1), jnp.float32),
-        jax.ShapeDtypeStruct((1,), jnp.float32),
-    )
-    return jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *args)
+    return jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *init_inputs(config))
 
 
 def variable_shapes(config: SamConfig) -> dict[str, Any]:
