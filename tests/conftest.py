@@ -71,8 +71,9 @@ _COMPILE_EVENTS = {
 
 class _CompileLog:
     """Where each test's time goes: seconds of tracing, lowering and XLA compilation, the
-    number of compilations and the names of those over 2 s, appended as JSON lines to ``EVIT_TEST_COMPILE_LOG`` (one line per
-    test and phase; each xdist worker appends its own). Off unless the variable is set."""
+    number of compilations and the names of those over 2 s, appended as JSON lines to
+    ``EVIT_TEST_COMPILE_LOG`` (one line per test and phase; each xdist worker appends its
+    own). Off unless the variable is set."""
 
     def __init__(self, path):
         import jax.monitoring

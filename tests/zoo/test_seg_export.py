@@ -46,12 +46,6 @@ def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
     return [sess.run(None, {"images": x})[0] for x in xs]
 
 
-def _stablehlo_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
-    with open(path, "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
-    return [np.asarray(exported.call(x)) for x in xs]
-
-
 @pytest.mark.parametrize("name", [n for n in NAMES if ALL or n in ALWAYS])
 def test_exports_equal_the_jax_model(name: str, random_variables: Any, tmp_path: Path) -> None:
     model = create_model(name)
@@ -66,21 +60,20 @@ def test_exports_equal_the_jax_model(name: str, random_variables: Any, tmp_path:
     info = export.export_onnx(source, tmp_path / f"{name}.onnx")
     assert info["folded_batchnorms"] > 0 and "BatchNormalization" not in info["ops"]
     hlo = export.export_stablehlo(source, tmp_path / f"{name}.stablehlo")
+    with open(hlo["path"], "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
     # ONNX at batch 1 and 3; the StableHLO file at batch 1 here and at batch 2 of another size
     # below (each batch size is one compile of the file, L1's about 10 s).
-    runs = (
-        (_onnx_outputs, info["path"], (x[:1], x[1:])),
-        (_stablehlo_outputs, hlo["path"], (x[:1],)),
-    )
-    for run, path, xs in runs:
-        outs = run(path, *xs)
+    outputs = {
+        info["path"]: _onnx_outputs(info["path"], x[:1], x[1:]),
+        hlo["path"]: [np.asarray(exported.call(x[:1]))],
+    }
+    for path, outs in outputs.items():
         refs = (y[:1], y[1:])[: len(outs)]
         assert [o.shape for o in outs] == [r.shape for r in refs], path
         worst = max(float(np.abs(o - r).max()) for o, r in zip(outs, refs, strict=True))
         print(f"{Path(path).name}: max |diff| {worst:.3g} (scale {np.abs(y).max():.3g})")
         assert worst <= tolerance, (path, worst, tolerance)
-    with open(hlo["path"], "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
     assert [str(d) for d in exported.in_avals[0].shape] == ["batch", "3", "32*h", "32*w"]
     z = np.random.default_rng(2).normal(size=(2, *OTHER)).astype(np.float32)
     want = np.asarray(jax.jit(model.apply)(variables, z))
