@@ -109,11 +109,14 @@ class Tuning:
       optimizer: ``(schedule_steps) -> optax transformation`` replacing the default AdamW.
       prepare: ``state -> state`` after initialisation (load pretrained variables).
       frozen_backbone: run the model in evaluation mode in the train step (linear probe).
+      trainable: ``params -> pytree of bools`` (after ``prepare``): the leaves the train step
+        differentiates (``steps.make_train_step``'s ``trainable``); ``None``: all of them.
     """
 
     optimizer: Callable[[int], optax.GradientTransformation] | None = None
     prepare: Callable[[TrainState], TrainState] | None = None
     frozen_backbone: bool = False
+    trainable: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,28 +145,27 @@ CLASSIFICATION = Task()
 
 
 def _steps(
-    model: Any, optimizer: Any, state: TrainState, setup: Any, loss: LossFn | None, frozen: bool
+    model: Any, optimizer: Any, state: TrainState, setup: Any, loss: LossFn | None, tuning: Tuning
 ):
     """``(state, train_step)``: partitioned over the mesh when there is more than one device
     or a loss scale, else the plain jitted step; one step body (``steps.make_train_step``)
     with ``loss`` in every case (``None``: the classifier's, without smoothing)."""
     from efficientvit_jax.training import precision
 
+    trainable = None if tuning.trainable is None else tuning.trainable(state.params)
+    how = dict(frozen_backbone=tuning.frozen_backbone, loss_fn=loss, trainable=trainable)
     step_fn = None
     if setup is not None and setup.loss_scale is not None:
-        step_fn = precision.make_train_step_with_loss_scale(
-            model, optimizer, jit=False, frozen_backbone=frozen, loss_fn=loss
-        )
+        step_fn = precision.make_train_step_with_loss_scale(model, optimizer, jit=False, **how)
     if setup is not None and (sharding.batch_size_per_step(setup.mesh) > 1 or step_fn):
         shardings = sharding.state_sharding(
             state, setup.mesh, fsdp=setup.fsdp, min_fsdp_size=setup.min_fsdp_size
         )
         state = sharding.shard_state(state, setup.mesh, shardings)
         return state, sharding.make_sharded_train_step(
-            model, optimizer, setup.mesh, shardings, step_fn=step_fn, frozen_backbone=frozen,
-            loss_fn=loss,
-        )  # fmt: skip
-    return state, make_train_step(model, optimizer, frozen_backbone=frozen, loss_fn=loss)
+            model, optimizer, setup.mesh, shardings, step_fn=step_fn, **how
+        )
+    return state, make_train_step(model, optimizer, **how)
 
 
 def _held_out_fn(model: Any, source: Source, state: TrainState, task: Task) -> Callable[..., dict]:
@@ -229,7 +231,7 @@ def train_classifier(
     stop = total if max_steps is None else min(max_steps, total)
     optimizer, state = _start(model, source, config, setup, tuning, total)
     loss = task.loss_fn or classification_loss(config.optim.label_smoothing)
-    state, train_step = _steps(model, optimizer, state, setup, loss, tuning.frozen_backbone)
+    state, train_step = _steps(model, optimizer, state, setup, loss, tuning)
     # Restored after sharding, into the sharded state: each process reads its own pieces.
     state, log = _restore(ckpt, state) if resume else (state, RunLog())
     held_out = _held_out_fn(model, source, state, task)

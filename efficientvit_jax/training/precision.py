@@ -130,6 +130,7 @@ def make_train_step_with_loss_scale(
     jit: bool = True,
     frozen_backbone: bool = False,
     loss_fn: LossFn | None = None,
+    trainable: Any | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """``steps.make_train_step`` with dynamic loss scaling (for ``float16`` compute): a
     thin wrapper passing it ``loss_scale_of`` (one step body for both).
@@ -148,7 +149,8 @@ def make_train_step_with_loss_scale(
         so the BatchNorm statistics stay as loaded; pair it with
         ``dynamic_loss_scale(finetune.finetune_optimizer(..., backbone_opt=None))``, whose
         backbone updates are zero at any scale.
-      loss_fn: as for ``steps.make_train_step`` (a ``steps.LossFn``; default the classifier's).
+      loss_fn, trainable: as for ``steps.make_train_step`` (``loss_fn`` a ``steps.LossFn``,
+        default the classifier's; ``trainable`` the leaves differentiated, default all).
     """
     return make_train_step(
         model,
@@ -159,4 +161,5 @@ def make_train_step_with_loss_scale(
         loss_scale_of=lambda opt_state: loss_scale_state(opt_state).scale,
         jit=jit,
         loss_fn=loss_fn,
+        trainable=trainable,
     )

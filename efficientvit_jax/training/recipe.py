@@ -115,6 +115,11 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
         v = merged.variables
         return state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}))
 
+    def head(params: Any) -> list[str]:
+        if is_segmentation(config):  # what did not load (the head, or its classifier)
+            return new_modules(params, pretrained["params"]) or ["head/classifier"]
+        return holder.get("head") or finetune.classifier_paths(params, num_classes)
+
     def optimizer(total: int) -> Any:
         def adamw(lr: float) -> Any:
             return make_optimizer(
@@ -123,14 +128,16 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
             )  # fmt: skip
 
         shapes = param_shapes(model, resolved_image_size(config))
-        if is_segmentation(config):  # what did not load (the head, or its classifier)
-            head = new_modules(shapes, pretrained["params"]) or ["head/classifier"]
-        else:
-            head = holder.get("head") or finetune.classifier_paths(shapes, num_classes)
         backbone = None if m.freeze_backbone else adamw(o.learning_rate * o.backbone_lr_scale)
-        return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head)
+        return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head(shapes))
 
-    return Tuning(optimizer=optimizer, prepare=prepare, frozen_backbone=m.freeze_backbone)
+    def trainable(params: Any) -> Any:  # a frozen backbone's backward pass is never run
+        return finetune.head_mask(params, head(params))
+
+    return Tuning(
+        optimizer=optimizer, prepare=prepare, frozen_backbone=m.freeze_backbone,
+        trainable=trainable if m.freeze_backbone else None,
+    )  # fmt: skip
 
 
 def param_shapes(model: Any, size: int) -> Any:

@@ -241,6 +241,7 @@ def make_sharded_train_step(
     | None = None,
     frozen_backbone: bool = False,
     loss_fn: LossFn | None = None,
+    trainable: Any | None = None,
 ) -> Callable[[TrainState, Mapping[str, Any]], tuple[TrainState, Metrics]]:
     """The train step, partitioned over ``mesh``: ``(state, batch) -> (state, metrics)``.
 
@@ -250,8 +251,8 @@ def make_sharded_train_step(
     the metrics are replicated scalars, readable from every process.
 
     Args:
-      model, optimizer, label_smoothing, frozen_backbone, loss_fn: as for
-        ``steps.make_train_step`` (the last three only shape the default step: a ``step_fn``
+      model, optimizer, label_smoothing, frozen_backbone, loss_fn, trainable: as for
+        ``steps.make_train_step`` (the last four only shape the default step: a ``step_fn``
         brings its own).
       mesh: a mesh from ``make_mesh``.
       state_shardings: from ``state_sharding``.
@@ -267,6 +268,7 @@ def make_sharded_train_step(
             donate=False,
             frozen_backbone=frozen_backbone,
             loss_fn=loss_fn,
+            trainable=trainable,
         )
     rep = replicated(mesh)
     bsh = batch_sharding(mesh)

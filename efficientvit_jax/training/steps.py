@@ -161,12 +161,21 @@ def _loss_and_grads(
     loss_fn: LossFn,
     frozen: bool,
     scale: jax.Array | None,
+    trainable: Any | None = None,
 ) -> tuple[jax.Array, jax.Array, Any, Any]:
     """``(loss, accuracy, new_batch_stats, grads)`` of one batch; the gradients are of
-    ``loss * scale`` where a loss scale is given (the returned loss is unscaled)."""
+    ``loss * scale`` where a loss scale is given (the returned loss is unscaled), and zero
+    on the leaves that ``trainable`` marks False."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
 
     def objective(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+        if trainable is not None:
+            # Constants to differentiation: their zero tangents prune the backward pass of
+            # everything only they feed (a frozen backbone's whole backward, not just its
+            # weight gradients, which an optimizer's set_to_zero would discard after).
+            params = jax.tree.map(
+                lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable
+            )
         logits, stats = apply_for_training(
             model, params, state, batch["images"], dropout_key, frozen=frozen
         )
@@ -200,6 +209,7 @@ def make_train_step(
     loss_scale_of: Callable[[Any], jax.Array] | None = None,
     jit: bool = True,
     loss_fn: LossFn | None = None,
+    trainable: Any | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Metrics]]:
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
 
@@ -224,14 +234,21 @@ def make_train_step(
         ``sharding.make_sharded_train_step(step_fn=...)``, which jits it).
       loss_fn: what to minimise (``LossFn``); default ``classification_loss(label_smoothing)``
         (the smoothing is then the loss function's business).
+      trainable: a pytree of bools over the params (``finetune.head_mask``): gradients are
+        taken of the True leaves only; the others get zero gradients, and no backward pass
+        runs for what only they need (a frozen backbone's). ``grad_norm`` is then the
+        trainable leaves'. ``None``: every leaf. The optimizer must leave the others
+        unchanged on a zero gradient (``finetune_optimizer(..., backbone_opt=None)`` does;
+        AdamW's weight decay would not).
     """
     loss_fn = loss_fn or classification_loss(label_smoothing)
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Metrics]:
         scale = None if loss_scale_of is None else loss_scale_of(state.opt_state)
         loss, acc, stats, grads = _loss_and_grads(
-            model, state, batch, loss_fn=loss_fn, frozen=frozen_backbone, scale=scale
-        )
+            model, state, batch, loss_fn=loss_fn, frozen=frozen_backbone, scale=scale,
+            trainable=trainable,
+        )  # fmt: skip
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         extra: Metrics = {}

@@ -56,7 +56,8 @@ def scale_setup(precision: str, data: int = 1, fsdp: int = 1) -> Any:
 def setup(precision: str, data: int = 1, fsdp: int = 1) -> tuple[Any, Any, Any, list[str]]:
     """``(state, train_step, batch, head)`` of a frozen-backbone run, made as the job makes
     them: the CLI's optimizer (AdamW with weight decay on the head, nothing on the backbone)
-    wrapped by the setup (loss scale for float16), the step from ``job._steps``."""
+    wrapped by the setup (loss scale for float16), the step from ``job._steps`` with the
+    CLI's ``Tuning`` (evaluation mode, the head's gradients alone)."""
     from efficientvit_jax.training import job
 
     setup = scale_setup(precision, data, fsdp)
@@ -81,7 +82,8 @@ def setup(precision: str, data: int = 1, fsdp: int = 1) -> tuple[Any, Any, Any, 
         rng=jax.random.PRNGKey(0),
         batch_stats=variables["batch_stats"],
     )
-    state, step = job._steps(model, optimizer, state, setup, None, True)
+    tuning = job.Tuning(frozen_backbone=True, trainable=lambda p: finetune.head_mask(p, head))
+    state, step = job._steps(model, optimizer, state, setup, None, tuning)
     return state, step, batch, head
 
 

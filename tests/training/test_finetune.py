@@ -69,7 +69,16 @@ def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
         if not k.startswith(head):
             np.testing.assert_array_equal(v, want[k], err_msg=k)  # loaded exactly
 
-    step = make_train_step(model, optimizer, frozen_backbone=True, donate=False)
+    assert tuning.frozen_backbone and tuning.trainable is not None
+    trainable = tuning.trainable(state.params)  # the head alone is differentiated
+    marked = traverse_util.flatten_dict(trainable, sep="/")
+    assert sorted(k for k, t in marked.items() if t) == [
+        f"{HEADS[name]}/{n}" for n in ("bias", "kernel")
+    ]
+    assert len(marked) == len(_flat(state.params))
+    step = make_train_step(
+        model, optimizer, frozen_backbone=True, trainable=trainable, donate=False
+    )
     batch = {"images": x, "labels": np.array([0, 1, 2, 0], np.int32)}
     losses, s = [], state
     for _ in range(5):
