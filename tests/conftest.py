@@ -143,6 +143,26 @@ def _random_variables(model, x, seed=0, scale=0.3):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@pytest.fixture
+def uncached():
+    """Compilations of exported files kept out of the persistent cache, in this test and in the
+    processes it starts with the environment this yields.
+
+    An exported file holds the weights as constants, so its program is as large as they are
+    (L3's: 984 MB), and no other test compiles it again. Writing it to the cache is the
+    expensive part: L3's StableHLO file compiled in 16 s without the cache and in 59 s with
+    it (the executable serialised and compressed, 872 MB written). The lookup stays, so an
+    entry already there is still read.
+    """
+    key = "jax_persistent_cache_min_compile_time_secs"
+    before = getattr(jax.config, key)
+    jax.config.update(key, 1e9)
+    try:
+        yield {**os.environ, key.upper(): "1e9"}
+    finally:
+        jax.config.update(key, before)
+
+
 @pytest.fixture(scope="session")
 def random_variables():
     """The function ``random_variables(model, x, seed=0)`` (see ``_random_variables``)."""

@@ -70,14 +70,14 @@ def _onnx_outputs(path, *xs):
     return [sess.run(None, {"images": x})[0] for x in xs]
 
 
-def _reload_elsewhere(path, tmp_path, **io):
+def _reload_elsewhere(path, tmp_path, env, **io):
     """Max difference of the StableHLO file's outputs for the inputs ``x1``/``x3`` of ``io``
-    from ``y1``/``y3``, run in a process without the package."""
+    from ``y1``/``y3``, run in a process without the package (environment ``env``)."""
     data = tmp_path / "io.npz"
     np.savez(data, **io)
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD, str(path), str(data)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return float(proc.stdout.split()[-1])
@@ -91,7 +91,7 @@ def _release_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _check_both_formats(model, variables, shape, tmp_path, name="m", *, both_batches=True):
+def _check_both_formats(model, variables, shape, tmp_path, env, name="m", *, both_batches=True):
     """Export ``model`` both ways (folded), run the files, compare with ``model.apply``;
     returns the export's report and the ONNX graph (its nodes).
 
@@ -120,7 +120,7 @@ def _check_both_formats(model, variables, shape, tmp_path, name="m", *, both_bat
     hlo = export.export_stablehlo(source, tmp_path / f"{name}.stablehlo")
     _release_memory()
     io = dict(x1=x1, y1=y1, x3=x3, y3=y3) if both_batches else dict(x3=x3, y3=y3)
-    assert _reload_elsewhere(hlo["path"], tmp_path, **io) <= _tolerance(y3)
+    assert _reload_elsewhere(hlo["path"], tmp_path, env, **io) <= _tolerance(y3)
     return info, graph.graph
 
 
@@ -139,12 +139,12 @@ def _zoo_params():
 
 
 @pytest.mark.parametrize("name", _zoo_params())
-def test_zoo_variant_exports_equal_the_jax_model(name, random_variables, tmp_path):
+def test_zoo_variant_exports_equal_the_jax_model(name, random_variables, tmp_path, uncached):
     model = create_model(name)
     shape = (3, 64, 64)
     variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
     info, graph = _check_both_formats(
-        model, variables, shape, tmp_path, name, both_batches=name in FAST
+        model, variables, shape, tmp_path, uncached, name, both_batches=name in FAST
     )
     assert "BatchNormalization" not in info["ops"] and info["folded_batchnorms"] > 0
     # The portable path: grouped Conv nodes for the depthwise convs, no shifted slices.
@@ -169,7 +169,9 @@ def _attr(node, name, default):
 @pytest.mark.parametrize(
     "layout,data_format", [("cascaded", "NCHW"), ("edifice", "NHWC")]
 )  # fmt: skip
-def test_core_builder_exports_equal_the_jax_model(layout, data_format, random_variables, tmp_path):
+def test_core_builder_exports_equal_the_jax_model(
+    layout, data_format, random_variables, tmp_path, uncached
+):
     cfg = EfficientViTConfig(
         image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
         num_classes=10, layout=layout, data_format=data_format,
@@ -177,7 +179,7 @@ def test_core_builder_exports_equal_the_jax_model(layout, data_format, random_va
     model = EfficientViT(cfg)
     shape = (3, 32, 32) if data_format == "NCHW" else (32, 32, 3)
     variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
-    info, _ = _check_both_formats(model, variables, shape, tmp_path, layout)
+    info, _ = _check_both_formats(model, variables, shape, tmp_path, uncached, layout)
     assert info["folded_batchnorms"] == 0
 
 
@@ -281,7 +283,9 @@ def _amplify_attention(variables, block, factor):
 
 
 @pytest.mark.parametrize("kind", ["mit", "core"])
-def test_float16_keeps_attention_sums_and_division_in_float32(kind, random_variables, tmp_path):
+def test_float16_keeps_attention_sums_and_division_in_float32(
+    kind, random_variables, tmp_path, uncached
+):
     if kind == "mit":
         model = create_model("efficientvit_b0", dtype=jnp.float16)
         shape, attention_blocks = (3, 64, 64), 4  # stages 3 and 4 of B0: 2 blocks each

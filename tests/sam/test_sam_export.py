@@ -199,6 +199,7 @@ def test_stablehlo_files_run_without_the_package(
     embeddings: np.ndarray,
     decoded: list,
     tmp_path: Any,
+    uncached: dict[str, str],
 ) -> None:
     data: dict[str, Any] = {"images": images, "embeddings": embeddings, "cases": len(decoded)}
     for k, (inputs, outs) in enumerate(decoded):
@@ -208,7 +209,7 @@ def test_stablehlo_files_run_without_the_package(
     argv = [exported["dir"], str(tmp_path / "io.npz"), ",".join(DECODER_INPUTS)]
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD, *argv],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=uncached,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     worst = json.loads(proc.stdout.splitlines()[-1])

@@ -47,7 +47,9 @@ def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if ALL or n in ALWAYS])
-def test_exports_equal_the_jax_model(name: str, random_variables: Any, tmp_path: Path) -> None:
+def test_exports_equal_the_jax_model(
+    name: str, random_variables: Any, tmp_path: Path, uncached: dict[str, str]
+) -> None:
     model = create_model(name)
     x1 = jax.ShapeDtypeStruct((1, *SHAPE), jnp.float32)
     variables = random_variables(jax.eval_shape(model.init, jax.random.key(0), x1), 0)
