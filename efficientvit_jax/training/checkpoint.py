@@ -271,6 +271,26 @@ class Restored:
         return iter((self.state, self.extra))
 
 
+def _placed_as(restored: Any, target: Any) -> Any:
+    """``restored`` with each array left uncommitted where ``target``'s is (a fresh array on
+    the default device). Orbax hands arrays back committed to their device, and jit lowers a
+    committed argument with a sharding annotation: a resumed run's train step would be
+    another program than the fresh run's, compiled again and never found in the persistent
+    compilation cache. The copy through the host happens once per restore."""
+
+    def place(r: Any, t: Any) -> Any:
+        fresh = isinstance(t, jax.Array) and not t.committed
+        if (
+            fresh
+            and isinstance(r, jax.Array)
+            and not jax.dtypes.issubdtype(r.dtype, jax.dtypes.extended)
+        ):  # (typed PRNG keys have no NumPy form; they stay as restored)
+            return jax.device_put(np.asarray(r))
+        return r
+
+    return jax.tree.map(place, restored, target)
+
+
 class Checkpointer:
     """Save and restore ``TrainState`` checkpoints in one folder (orbax, synchronous).
 
@@ -407,6 +427,8 @@ class Checkpointer:
             except _DamagedError as e:
                 skipped.append(SkippedStep(s, str(e)))
                 continue
+            if target is not None:
+                state = _placed_as(state, target)
             self._damaged.update(k.step for k in skipped)
             if skipped:
                 (report or log.warning)(self._fallback_message(skipped, s))

@@ -66,6 +66,11 @@ def test_resume_is_bit_exact(setup, optimizer, subset, tmp_path, tree_equal):
     again = Checkpointer(tmp_path / "ck", config=CONFIG)
     restored, extra = again.restore(_fresh(setup, optimizer, seed=99))  # other init: overwritten
     assert int(restored.step) == n and extra["losses"] == losses_a
+    # Placed as a fresh state's arrays are (not committed to a device): the same program, so
+    # the train step a fresh run compiled serves the resumed run (so does the compilation
+    # cache); a committed restore lowers with sharding annotations on every argument.
+    touch = jax.jit(lambda s: [x.sum() for x in jax.tree.leaves(s)])
+    assert touch.lower(restored).as_text() == touch.lower(_fresh(setup, optimizer)).as_text()
     resumed, losses_b = _run(step_fn, restored, x, y, n, 2 * n, spe)
 
     assert losses_a + losses_b == losses_straight  # bit for bit (float equality)
