@@ -200,8 +200,7 @@ def test_train_on_a_simulated_mesh_in_bfloat16_with_remat(tmp_path):
     ]
     cmd += ["--precision", "bfloat16", "--remat", "block", "--max-steps", "2", "--epochs", "1"]
     cmd += ["--no-progress", "-o", str(out)]
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (
         "4 devices (4 local) in 1 process(es); mesh data=2 fsdp=2; precision bfloat16"

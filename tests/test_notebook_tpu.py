@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import nbformat
@@ -14,13 +13,10 @@ NOTEBOOK = pathlib.Path(__file__).parents[1] / "notebooks" / "02_tpu_experiment.
 
 @pytest.mark.slow
 def test_tpu_notebook_executes_on_cpu(tmp_path, monkeypatch):
-    # The kernel inherits this environment: CPU only, no device-count flags of our own (the
-    # notebook must ask for its 8 host devices itself), XLA's optimisations off for speed.
+    # The kernel inherits this environment (conftest's compile settings included): CPU only,
+    # no device-count flags of our own (the notebook must ask for its 8 host devices itself).
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setenv(
-        "JAX_DISABLE_MOST_OPTIMIZATIONS", os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    )
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

@@ -31,7 +31,7 @@ TINY = [
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """The reference and the two processes run at once (all three are mostly compiling)."""
-    env = worker_env(JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    env = worker_env()
     for k in ("EVIT_COORDINATOR", "EVIT_NUM_PROCESSES", "EVIT_PROCESS_ID"):
         env.pop(k, None)
     ref, multi = tmp_path / "one", tmp_path / "two"
