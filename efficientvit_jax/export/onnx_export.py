@@ -9,6 +9,7 @@ standard ONNX ops only (no onnxruntime domain), checked by ``onnx.checker``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -94,15 +95,27 @@ def export_onnx(
     path = check_output_file(path)
     t0 = time.perf_counter()
     proto, folded = to_onnx_model(model, fold=fold, opset=opset)
-    proto = finish(proto, model.metadata, optimize_graph and jnp.dtype(model.dtype) == jnp.float32)
-    info = write_onnx(proto, path)
+    checked = finish(
+        proto, model.metadata, optimize_graph and jnp.dtype(model.dtype) == jnp.float32
+    )
+    info = write_onnx(checked, path)
     return dict(
         path=path, format="onnx", seconds=time.perf_counter() - t0, bytes=info["bytes"],
         folded_batchnorms=folded, nodes=info["nodes"], ops=info["ops"],
     )  # fmt: skip
 
 
-def finish(proto: Any, metadata: dict[str, str], optimize_graph: bool) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """A finished graph and its serialized bytes, which ``onnx.checker`` passed and which are
+    what is written: a large model's serialization takes seconds (L3's gigabyte about 2 s),
+    so it is done once."""
+
+    proto: Any
+    data: bytes
+
+
+def finish(proto: Any, metadata: dict[str, str], optimize_graph: bool) -> Checked:
     """The graph as written: optimised (``optimize``; float32 graphs only: onnxruntime's CPU
     provider has no float16 kernels and would cast them to float32), ``metadata`` in its
     ``metadata_props``, checked by ``onnx.checker``."""
@@ -113,20 +126,21 @@ def finish(proto: Any, metadata: dict[str, str], optimize_graph: bool) -> Any:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def write_onnx(proto: Any, path: str) -> dict[str, Any]:
-    """Write ``proto`` to ``path`` atomically; ``{bytes, nodes, ops}`` (ops: count by type)."""
     data = proto.SerializeToString()
+    onnx.checker.check_model(data, full_check=True)
+    return Checked(proto, data)
+
+
+def write_onnx(checked: Checked, path: str) -> dict[str, Any]:
+    """Write the checked graph to ``path`` atomically; ``{bytes, nodes, ops}`` (ops: count by
+    type)."""
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            f.write(data)
+            f.write(checked.data)
 
     atomic_write(path, write)
     ops: dict[str, int] = {}
-    for n in proto.graph.node:
+    for n in checked.proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return dict(bytes=len(data), nodes=len(proto.graph.node), ops=ops)
+    return dict(bytes=len(checked.data), nodes=len(checked.proto.graph.node), ops=ops)

@@ -355,8 +355,8 @@ def _trace(
     for ONNX optimised and checked) in ``fmt``, not written yet."""
     t0 = time.perf_counter()
     if fmt == "onnx":
-        proto = finish(to_onnx_proto(part, name, opset), metadata, optimize_graph)
-        write = functools.partial(write_onnx, proto)
+        checked = finish(to_onnx_proto(part, name, opset), metadata, optimize_graph)
+        write = functools.partial(write_onnx, checked)
     else:
         write = functools.partial(_write_exported, to_exported(part, platforms), metadata)
     return part.name + SUFFIX[fmt], fmt, part, time.perf_counter() - t0, write
