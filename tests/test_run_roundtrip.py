@@ -293,8 +293,11 @@ def test_the_three_path_forms_and_an_older_step(run_builder: Trained) -> None:
 def test_frozen_backbone_run_changed_only_the_head(run_m0: Trained) -> None:
     a, b = _flat(load_run(run_m0.path, step=1).variables), _flat(run_m0.loaded.variables)
     changed = sorted(k for k in a if not np.array_equal(a[k], b[k]))
-    # the classifier only: the backbone's weights and every BatchNorm statistic kept
+    # What was re-initialised only (the 5-class checkpoint's head, dropped whole, its
+    # BatchNorm's affine with it): the backbone's weights and every BatchNorm statistic kept.
     assert changed == [
+        "['params']['head']['bn']['bias']",
+        "['params']['head']['bn']['scale']",
         "['params']['head']['linear']['bias']",
         "['params']['head']['linear']['kernel']",
     ]

@@ -93,9 +93,10 @@ def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = No
 
 
 def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuning:
-    """The ``Tuning`` of ``model.weights``: load what fits, re-initialise the rest (named),
-    the head at ``optim.learning_rate`` and the backbone at ``optim.backbone_lr_scale`` times
-    it (or frozen). Reads the weights now, so a bad file fails before any write."""
+    """The ``Tuning`` of ``model.weights``: load what fits, re-initialise the rest (named);
+    what was re-initialised (the head) trains at ``optim.learning_rate``, the backbone at
+    ``optim.backbone_lr_scale`` times it (or frozen). Reads the weights now, so a bad file
+    fails before any write."""
     from efficientvit_jax.training import finetune
     from efficientvit_jax.training.steps import make_optimizer
 
@@ -103,7 +104,6 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
     if m.weights is None:
         return Tuning()
     pretrained = load_pretrained_start(config, num_classes)
-    holder: dict[str, Any] = {}
 
     def prepare(state: Any) -> Any:
         merged = finetune.merge_pretrained(
@@ -111,14 +111,17 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
         )
         print(f"loaded {len(merged.loaded)} tensors from {m.weights}", flush=True)
         print(f"re-initialised {len(merged.reinitialised)}: {', '.join(merged.reinitialised)}")
-        holder["head"] = _head_paths(merged, num_classes)
         v = merged.variables
         return state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}))
 
     def head(params: Any) -> list[str]:
-        if is_segmentation(config):  # what did not load (the head, or its classifier)
+        if is_segmentation(config):  # the modules that did not load (head or classifier)
             return new_modules(params, pretrained["params"]) or ["head/classifier"]
-        return holder.get("head") or finetune.classifier_paths(params, num_classes)
+        # The leaves that did not load train at the head's rate, frozen backbone or not: the
+        # new classifier, and MSRA attention-bias tables of another image size (frozen at
+        # their random start they would never learn). When everything loads, the classifier.
+        new = new_leaves(params, pretrained["params"])
+        return new or finetune.classifier_paths(params, num_classes)
 
     def optimizer(total: int) -> Any:
         def adamw(lr: float) -> Any:
@@ -151,32 +154,22 @@ def param_shapes(model: Any, size: int) -> Any:
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
 
 
-def _head_paths(merged: Any, num_classes: int) -> list[str]:
-    """The re-initialised parameter modules, or the classifier when everything loaded."""
-    from efficientvit_jax.training import finetune
-
-    heads = sorted(
-        {
-            p.split("/", 1)[1].rsplit("/", 1)[0]
-            for p in merged.reinitialised
-            if p.startswith("params/")
-        }
-    )
-    return heads or finetune.classifier_paths(merged.variables["params"], num_classes)
-
-
-def new_modules(shapes: Any, pretrained: Any) -> list[str]:
-    """The modules (``"head/classifier"``) of parameter tree ``shapes`` with a leaf that
+def new_leaves(shapes: Any, pretrained: Any) -> list[str]:
+    """The leaves (``"head/classifier/kernel"``) of parameter tree ``shapes`` that
     ``pretrained`` lacks or has in another shape: what fine-tuning initialises afresh."""
     from flax import traverse_util
 
     have = traverse_util.flatten_dict(dict(pretrained), sep="/")
-    new = {
-        path.rsplit("/", 1)[0]
+    return sorted(
+        path
         for path, leaf in traverse_util.flatten_dict(dict(shapes), sep="/").items()
         if path not in have or tuple(have[path].shape) != tuple(leaf.shape)
-    }
-    return sorted(new)
+    )
+
+
+def new_modules(shapes: Any, pretrained: Any) -> list[str]:
+    """The modules (``"head/classifier"``) holding a leaf of ``new_leaves``."""
+    return sorted({path.rsplit("/", 1)[0] for path in new_leaves(shapes, pretrained)})
 
 
 def load_pretrained_start(config: TrainConfig, num_classes: int | None = None) -> dict[str, Any]:
@@ -303,6 +296,7 @@ __all__ = [
     "data_config",
     "describe_model",
     "is_segmentation",
+    "new_leaves",
     "new_modules",
     "param_shapes",
     "pretrained_tuning",

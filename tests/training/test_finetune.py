@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -27,10 +28,12 @@ from efficientvit_jax.zoo import load_timm_weights
 SIZE = 64  # the smallest size with a 2x2 last stage for both families
 
 
-def _config(name: str, weights: str, *, freeze_backbone: bool = False) -> TrainConfig:
+def _config(
+    name: str, weights: str, *, freeze_backbone: bool = False, size: int = SIZE
+) -> TrainConfig:
     return TrainConfig(
         data=DataOptions(folder="unused"),
-        model=ModelOptions(name, weights, SIZE, freeze_backbone=freeze_backbone),
+        model=ModelOptions(name, weights, size, freeze_backbone=freeze_backbone),
         optim=OptimOptions(learning_rate=1e-3, weight_decay=0.05, backbone_lr_scale=0.1),
         schedule=ScheduleOptions(warmup_steps=0),
     )
@@ -91,6 +94,51 @@ def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
             assert not np.array_equal(v, got[k]), k
         else:  # every backbone tensor and BatchNorm statistic unchanged
             np.testing.assert_array_equal(v, got[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_tables_reinitialised_at_another_size_train_with_the_head(
+    timm: Any, tmp_path: Any, make_timm_file: Any
+) -> None:
+    """An MSRA checkpoint of 224 px fine-tuned at 64: the attention-bias tables that do not
+    fit are re-initialised, and they train with the head, with a frozen backbone too (left
+    random and frozen, they would never learn); every tensor that loaded stays as it was."""
+    name, size = "efficientvit_m0", SIZE
+    ckpt = make_timm_file(timm, name, tmp_path / "w.safetensors")  # the tag's 224 px
+    want = _flat(load_timm_weights(ckpt, name)["params"])
+    config = _config(name, ckpt, freeze_backbone=True, size=size)
+    model = build_model(config, 3)
+    tuning = pretrained_tuning(config, model, 3)
+    optimizer = tuning.optimizer(10)
+    x = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
+    state = tuning.prepare(create_train_state(model, optimizer, 0, x))
+    # timm starts each block's output BatchNorm scale at 0 (the branch begins as the
+    # identity), which zeroes every gradient into the attention; a trained checkpoint's are
+    # not 0. Loaded values all the same, which must stay.
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: v + 1.0 if jax.tree_util.keystr(p).endswith("['scale']") else v,
+        state.params,
+    )
+    state = state.replace(params=params, opt_state=optimizer.init(params))
+    before = _flat(state.params)
+    new = {k for k, v in before.items() if k not in want or want[k].shape != v.shape}
+    assert {k for k in new if not k.startswith("head/")}  # some tables did not fit
+    assert all("attention_biases" in k for k in new if not k.startswith("head/")), new
+
+    trainable = tuning.trainable(state.params)
+    step = make_train_step(
+        model, optimizer, frozen_backbone=True, trainable=trainable, donate=False
+    )
+    batch = {"images": x, "labels": np.array([0, 1, 2, 0], np.int32)}
+    s = state
+    for _ in range(2):
+        s, _ = step(s, batch)
+    after = _flat(s.params)
+    moved = sorted(k for k in before if not np.array_equal(after[k], before[k]))
+    # The last stage's grid is 1x1 at 64 px: one bias per head under a softmax over one key,
+    # which no gradient reaches. Every other new leaf trained, and nothing else moved.
+    learnable = sorted(k for k in new if before[k].shape[-1] > 1)
+    assert moved == learnable and any("attention_biases" in k for k in learnable), moved
 
 
 @pytest.mark.slow
