@@ -214,10 +214,10 @@ def make_train_step(
     """A jitted ``(state, batch) -> (new_state, metrics)`` training step.
 
     ``frozen_backbone=True`` applies the model in evaluation mode (see
-    ``apply_for_training``), so the BatchNorm statistics stay as they are; pair it with an
-    optimizer that only updates the head (``finetune.finetune_optimizer(..., backbone_opt=None)``,
-    whose weight decay is the head's alone), which keeps the backbone's weights. The
-    sharded step takes the same flag (``sharding.make_sharded_train_step``).
+    ``apply_for_training``), so the BatchNorm statistics stay as they are; pair it with
+    ``trainable`` (the head's mask) and an optimizer that leaves a zero gradient's leaf
+    unchanged (``finetune.finetune_optimizer(..., backbone_opt=None)``: AdamW's weight decay
+    would move it), which keeps the backbone's weights. The sharded step takes the same flags.
 
     Metrics: ``loss`` and ``accuracy`` (``loss_fn``'s: by default cross-entropy with the
     smoothing, float32) and ``grad_norm``. The drop-path key is ``fold_in(state.rng,
@@ -234,12 +234,9 @@ def make_train_step(
         ``sharding.make_sharded_train_step(step_fn=...)``, which jits it).
       loss_fn: what to minimise (``LossFn``); default ``classification_loss(label_smoothing)``
         (the smoothing is then the loss function's business).
-      trainable: a pytree of bools over the params (``finetune.head_mask``): gradients are
-        taken of the True leaves only; the others get zero gradients, and no backward pass
-        runs for what only they need (a frozen backbone's). ``grad_norm`` is then the
-        trainable leaves'. ``None``: every leaf. The optimizer must leave the others
-        unchanged on a zero gradient (``finetune_optimizer(..., backbone_opt=None)`` does;
-        AdamW's weight decay would not).
+      trainable: a pytree of bools over the params (``finetune.head_mask``): the True
+        leaves are differentiated, the others get zero gradients and no backward pass runs
+        for what only they feed; ``grad_norm`` is the True leaves'. ``None``: every leaf.
     """
     loss_fn = loss_fn or classification_loss(label_smoothing)
 
