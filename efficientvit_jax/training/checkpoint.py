@@ -276,10 +276,11 @@ def _placed_as(restored: Any, target: Any) -> Any:
     the default device). Orbax hands arrays back committed to their device, and jit lowers a
     committed argument with a sharding annotation: a resumed run's train step would be
     another program than the fresh run's, compiled again and never found in the persistent
-    compilation cache. The copy through the host happens once per restore."""
+    compilation cache. The copy through the host happens once per restore. ``target``
+    ``None`` (a restore without target, e.g. ``load_run``): every array, as a fresh model's."""
 
     def place(r: Any, t: Any) -> Any:
-        fresh = isinstance(t, jax.Array) and not t.committed
+        fresh = t is None or (isinstance(t, jax.Array) and not t.committed)
         if (
             fresh
             and isinstance(r, jax.Array)
@@ -288,6 +289,8 @@ def _placed_as(restored: Any, target: Any) -> Any:
             return jax.device_put(np.asarray(r))
         return r
 
+    if target is None:
+        return jax.tree.map(lambda r: place(r, None), restored)
     return jax.tree.map(place, restored, target)
 
 
@@ -427,8 +430,7 @@ class Checkpointer:
             except _DamagedError as e:
                 skipped.append(SkippedStep(s, str(e)))
                 continue
-            if target is not None:
-                state = _placed_as(state, target)
+            state = _placed_as(state, target)
             self._damaged.update(k.step for k in skipped)
             if skipped:
                 (report or log.warning)(self._fallback_message(skipped, s))

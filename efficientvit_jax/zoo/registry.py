@@ -197,9 +197,12 @@ def load_timm_backbone(
     fine-tuning: ``(variables, dropped)`` where ``dropped`` names the checkpoint tensors that
     were left out (its classifier, when that does not fit ``overrides``' ``num_classes``).
 
-    The checkpoint is first converted as it is; where only the classifier does not fit, it is
-    converted as the model without classifier (``num_classes=0``). Anything else (a checkpoint
-    of another variant or family) raises the ``ConversionError`` naming every tensor.
+    The checkpoint is first converted as it is. Where only the classifier does not fit, it is
+    converted at its own class count and the classifier (the layer whose output width is that
+    count: timm's ``head.linear`` or ``head.classifier.4``) is left out, so that everything
+    timm's own ``pretrained=True, num_classes=n`` keeps is kept (the MSRA models' head
+    BatchNorm too). Anything else (a checkpoint of another variant or family) raises the
+    ``ConversionError`` naming every tensor.
     """
     entry = get_entry(name)
     sd = load_state_dict(source)
@@ -213,9 +216,42 @@ def load_timm_backbone(
     except ConversionError as e:
         if any(kind != "unexpected" for kind, _ in e.problems):
             raise
-        dropped = [k for _, k in e.problems]
-    kept = {k: v for k, v in sd.items() if k not in set(dropped)}
-    return entry.convert(kept, headless), dropped
+        head = [k for _, k in e.problems]
+    for k in _class_counts(sd, head):
+        try:
+            variables = entry.convert(sd, get_config(name, **{**overrides, "num_classes": k}))
+        except ConversionError:
+            continue
+        return _without_classifier(variables, k), _classifier_keys(sd, head, k)
+    kept = {k: v for k, v in sd.items() if k not in set(head)}
+    return entry.convert(kept, headless), head
+
+
+def _class_counts(sd: StateDict, head: list[str]) -> list[int]:
+    """The candidate class counts of a checkpoint: the output widths of its head's matrices."""
+    return sorted({int(sd[k].shape[0]) for k in head if len(sd[k].shape) == 2})
+
+
+def _classifier_keys(sd: StateDict, head: list[str], k: int) -> list[str]:
+    """The tensors of the head's layers whose weight is a ``[k, in]`` matrix."""
+    layers = {key.rsplit(".", 1)[0] for key in head if tuple(sd[key].shape[:1]) == (k,)}
+    layers = {p for p in layers if len(sd.get(f"{p}.weight", ()).shape) == 2}
+    return sorted(key for key in head if key.rsplit(".", 1)[0] in layers)
+
+
+def _without_classifier(variables: dict[str, Any], k: int) -> dict[str, Any]:
+    """``variables`` less every module whose ``kernel`` is ``[in, k]`` (the classifier)."""
+
+    def prune(tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return tree
+        kernel = tree.get("kernel")
+        if kernel is not None and len(kernel.shape) == 2 and kernel.shape[-1] == k:
+            return None
+        out = {name: prune(sub) for name, sub in tree.items()}
+        return {name: sub for name, sub in out.items() if sub is not None}
+
+    return {c: prune(dict(tree)) for c, tree in variables.items()}
 
 
 def pretrained_file(name: str) -> tuple[str, str]:

@@ -201,6 +201,29 @@ def test_other_num_classes_is_refused(m0_state_dict: dict) -> None:
         msra.msra_from_timm(m0_state_dict, get_config("efficientvit_m0", num_classes=10))
 
 
+def test_a_checkpoint_of_another_class_count_keeps_all_but_timms_classifier(
+    m0_state_dict: dict,
+) -> None:
+    """As timm's ``pretrained=True, num_classes=n``: only the layer its pretrained config names
+    as the classifier (``head.linear``) is left out; the head's BatchNorm loads."""
+    from efficientvit_jax.zoo import load_timm_backbone
+
+    classifier = timm.models.get_pretrained_cfg("efficientvit_m0").classifier
+    sd = {k: v.numpy() for k, v in m0_state_dict.items()}
+    variables, dropped = load_timm_backbone(sd, "efficientvit_m0", num_classes=5)
+    assert dropped == sorted(k for k in sd if k.startswith(classifier + "."))
+    bn = variables["params"]["head"]["bn"]
+    np.testing.assert_array_equal(bn["scale"], sd["head.bn.weight"])
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["head"]["bn"]["var"], sd["head.bn.running_var"]
+    )
+    assert "linear" not in variables["params"]["head"]
+    full = msra.msra_from_timm(sd, get_config("efficientvit_m0"))  # everything else as loaded
+    flat = dict(jax.tree_util.tree_leaves_with_path(full))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+        np.testing.assert_array_equal(leaf, flat[path])
+
+
 # --- dtypes, layouts, registry -----------------------------------------------------------------
 
 
