@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax.attention import linear_attention
 from efficientvit_jax.config import EfficientViTConfig
 from efficientvit_jax.layers import maybe_remat
@@ -178,7 +179,7 @@ def _convert_layer(
         if arr.shape != shape:
             problems.append(f"{name}.{key}: expected shape {shape}, given {arr.shape}")
             continue
-        layer[_AXON_TO_FLAX[key]] = jnp.asarray(arr, dtype=dtype)
+        layer[_AXON_TO_FLAX[key]] = device_array(arr, dtype)
     return layer
 
 

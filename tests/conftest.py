@@ -10,7 +10,6 @@ import tempfile
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -138,7 +137,8 @@ def _random_variables(model, x, seed=0, scale=0.3):
         else:
             fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 10
             arr = rng.normal(0, scale / np.sqrt(max(fan_in, 1)) * 3, leaf.shape)
-        return jnp.asarray(arr, leaf.dtype)
+        # device_put, not jnp.asarray: no small program compiled for each leaf's shape
+        return jax.device_put(np.asarray(arr, leaf.dtype))
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 

@@ -191,3 +191,38 @@ def test_conv2d_equals_xla_values_and_gradients(hw, k, cin, stride, pads, monkey
 def test_conv2d_rejects_mismatched_channels():
     with pytest.raises(ValueError, match=r"x \[B, H, W, 3\].*got \(1, 4, 4, 2\)"):
         ops.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 3, 8)))
+
+
+# --- host arrays --------------------------------------------------------------------------------
+
+
+def _compiled_during(caplog: pytest.LogCaptureFixture, fn):
+    """``fn()`` and the names of the programs JAX compiled while it ran."""
+    import logging
+
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        out = fn()
+    return out, [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+
+
+def test_device_array_compiles_nothing_and_equals_jnp_asarray(caplog):
+    from efficientvit_jax._arrays import device_array
+
+    rng = np.random.default_rng(0)
+    host = [rng.normal(size=(i + 2, 7, 3)) for i in range(4)]  # float64, four new shapes
+    got, compiled = _compiled_during(
+        caplog, lambda: [(device_array(a), device_array(a, jnp.bfloat16)) for a in host]
+    )
+    assert compiled == []
+    for a, (f32, bf16) in zip(host, got, strict=True):
+        assert f32.dtype == jnp.float32 and bf16.dtype == jnp.bfloat16  # x64 off, as JAX casts
+        assert not f32.committed and not bf16.committed  # placed as jnp.asarray places
+        np.testing.assert_array_equal(f32, np.asarray(jnp.asarray(a)))
+        # NumPy's bfloat16 rounding is XLA's (to nearest even)
+        np.testing.assert_array_equal(bf16, np.asarray(jnp.asarray(a).astype(jnp.bfloat16)))
+    on_device = jnp.ones(3)
+    assert (
+        device_array(on_device) is on_device and device_array(on_device, jnp.float32) is on_device
+    )
+    assert device_array(on_device, jnp.bfloat16).dtype == jnp.bfloat16

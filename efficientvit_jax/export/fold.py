@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax.layers import Conv2d, DepthwiseConv
 from efficientvit_jax.zoo.base import TorchBatchNorm
 
@@ -229,5 +230,5 @@ def fold_batchnorm(
     stats = _prune(stats)
     if stats:
         out["batch_stats"] = stats
-    out = jax.tree.map(jax.numpy.asarray, out)
+    out = jax.tree.map(device_array, out)
     return FoldedModel(model, tuple(bn.path for bn, _, _ in pairs)), out

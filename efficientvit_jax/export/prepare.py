@@ -9,6 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax._io import check_output_writable, require_parent
 from efficientvit_jax.export.fold import fold_batchnorm
 from efficientvit_jax.export.source import Exportable, to_float
@@ -50,7 +51,7 @@ def inference_function(model: Exportable, *, fold: bool = True) -> tuple[Callabl
     if dtype.itemsize < 4:
         variables = {**variables, "params": to_float(variables["params"], dtype)}
     else:
-        variables = jax.tree.map(jnp.asarray, variables)
+        variables = jax.tree.map(device_array, variables)
 
     def forward(images: jax.Array) -> jax.Array:
         return module.apply(variables, images)

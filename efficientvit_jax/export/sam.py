@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax._io import check_output_folder, check_output_writable
 from efficientvit_jax.export.fold import fold_batchnorm
 from efficientvit_jax.export.lookups import quicker_lookups
@@ -89,7 +90,7 @@ def _compute_params(variables: dict[str, Any], dtype: Any) -> dict[str, Any]:
     ``export_onnx``); the rest (``constants``: SAM's positional encoding) as it is."""
     if jnp.dtype(dtype).itemsize < 4:
         return {**variables, "params": to_float(variables["params"], dtype)}
-    return jax.tree.map(jnp.asarray, variables)
+    return jax.tree.map(device_array, variables)
 
 
 def encoder_part(

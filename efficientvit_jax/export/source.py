@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax.config import EfficientViTConfig
 
 
@@ -149,8 +150,8 @@ def to_float(tree: Any, dtype: Any) -> Any:
     """Every floating leaf of ``tree`` as ``dtype`` (NumPy arrays of a restored checkpoint too)."""
 
     def cast(a: Any) -> Any:
-        a = np.asarray(a)
-        return jnp.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating) else jnp.asarray(a)
+        kind = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+        return device_array(a, dtype if jnp.issubdtype(kind, jnp.floating) else None)
 
     return jax.tree.map(cast, tree)
 

@@ -15,6 +15,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from efficientvit_jax._arrays import device_array
+
 
 @dataclasses.dataclass(frozen=True)
 class Merged:
@@ -39,7 +41,7 @@ def merge_pretrained(fresh: Mapping[str, Any], pretrained: Mapping[str, Any]) ->
     for path, leaf in new.items():
         src = old.get(path)
         if src is not None and tuple(src.shape) == tuple(leaf.shape):
-            out[path] = jax.numpy.asarray(src, leaf.dtype)
+            out[path] = device_array(src, leaf.dtype)
             loaded.append(path)
         else:
             out[path] = leaf

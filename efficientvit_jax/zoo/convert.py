@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax.zoo.base import unflatten
 
 StateDict = Mapping[str, Any]
@@ -234,7 +234,7 @@ def convert_state_dict(
             names = tuple(p.key for p in path)
             transform = rules.layouts.get((names[-1], len(leaf.shape)))
             arr = report.take(rules.key(names), tuple(leaf.shape), transform, leaf.dtype)
-            flat[names] = jnp.asarray(arr)
+            flat[names] = device_array(arr)
         out[collection] = unflatten(flat)
     report.finish()
     return out

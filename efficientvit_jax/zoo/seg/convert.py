@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._arrays import device_array
 from efficientvit_jax.zoo import base
 from efficientvit_jax.zoo.convert import (
     KeyRules,
@@ -161,7 +162,7 @@ def seg_from_timm_backbone(
         backbone = {k: v for k, v in timm_vars[col].items() if k != "head"}
         variables[col] = {"backbone": backbone, "head": head[col]}
     variables["params"] = jax.tree.map(
-        lambda a: jnp.asarray(a, config.param_dtype), variables["params"]
+        lambda a: device_array(a, config.param_dtype), variables["params"]
     )
     loaded = [
         p
