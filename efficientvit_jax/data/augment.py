@@ -581,12 +581,18 @@ class TrainAugment:
     mix: Mixup | None = None
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """One image -> float32 HxWxC, normalised."""
-        img = img.convert("RGB") if img.mode != "RGB" else img
+        """One image -> float32 HxWxC, normalised (C: one channel for a grey config, whose
+        ``mean`` has one value: the image is read as luminance, as the evaluation transform
+        reads it, and augmented as an RGB image of three equal channels)."""
+        grey = len(self.mean) == 1
+        if grey:
+            img = img.convert("L").convert("RGB")
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
         if self.level == "none":
             interp = self.interpolation if isinstance(self.interpolation, str) else "bicubic"
             img = resize_center_crop(img, self.size, self.crop_pct, interp)
-            return to_normalized(img, self.mean, self.std)
+            return to_normalized(img.convert("L") if grey else img, self.mean, self.std)
         r = self.recipe or Recipe(None, None, 0.0, "pixel", 0.0, 0.0, 0.0, 0.5, 0.0)
         interp = r.train_interpolation or self.interpolation
         img = random_resized_crop(img, self.size, rng, interp, r.scale, r.ratio)
@@ -594,11 +600,12 @@ class TrainAugment:
         if r.rand_augment:
             # timm's hparams for ImageNet training (transforms_factory.py): fill with the
             # mean colour, and the train interpolation unless it is random (then bicubic).
-            fill = tuple(min(255, round(255 * m)) for m in self.mean)
+            fill = tuple(min(255, round(255 * m)) for m in self.mean) * (3 if grey else 1)
             ra_interp = interp if isinstance(interp, str) and interp != "random" else "bicubic"
             cfg = parse_rand_augment(r.rand_augment)
             img = rand_augment(img, rng, cfg, interpolation=ra_interp, fill=fill)
-        x = to_normalized(img, self.mean, self.std)
+        # equal channels: PIL's luma gives their value back exactly
+        x = to_normalized(img.convert("L") if grey else img, self.mean, self.std)
         if r.re_prob > 0:
             x = random_erasing(x, rng, r.re_prob, r.re_mode)
         return x

@@ -343,8 +343,8 @@ class TrainConfig:
             raise ValueError(f"--seed must be an int >= 0, got {seed!r} (seed)")
         if self.data.folder is None:
             self._check_digits()
-        elif self.model.builder is not None and self.model.builder.in_channels != 3:
-            raise ValueError(f"--in-channels must be 3 for image folders (RGB), got "
+        elif self.model.builder is not None and self.model.builder.in_channels not in (1, 3):
+            raise ValueError(f"--in-channels must be 1 (grey) or 3 (RGB) for image folders, got "
                              f"{self.model.builder.in_channels} (model.builder.in_channels)")  # fmt: skip
 
     def _check_digits(self) -> None:

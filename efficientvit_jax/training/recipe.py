@@ -69,15 +69,22 @@ def build_model(config: TrainConfig, num_classes: int, dtype_options: dict | Non
     return create_model(m.name, num_classes=num_classes, image_size=size, **dt)
 
 
+# ImageNet's mean and std (timm's IMAGENET_DEFAULT_MEAN/STD) weighted as PIL's luma
+# (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), for grey models trained on image folders.
+GREY_MEAN = 0.299 * 0.485 + 0.587 * 0.456 + 0.114 * 0.406
+GREY_STD = 0.299 * 0.229 + 0.587 * 0.224 + 0.114 * 0.225
+
+
 def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = None) -> Any:
     """The evaluation ``data.DataConfig`` of the run (what ``create_transform`` takes).
 
     A tag: its own (timm's) at the training size. A segmentation model: its crop, bicubic
     (``segment`` and ``eval`` prepare whole images by the dataset's rule, not this size).
     The builder on folders: the whole image
-    (crop 1.0), bilinear, ImageNet's statistics. The digits: one grey channel, bilinear, the
-    training split's mean and std (``digits_stats``), so a digit drawn in a file goes through
-    the same steps as the arrays did.
+    (crop 1.0), bilinear, ImageNet's statistics (for a grey model, ``--in-channels 1``: the images
+    read as luminance, the statistics through the same luma weights). The digits: one grey
+    channel, bilinear, the training split's mean and std (``digits_stats``), so a digit drawn in
+    a file goes through the same steps as the arrays did.
     """
     from efficientvit_jax.data import DataConfig, resolve_data_config
 
@@ -88,6 +95,9 @@ def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = No
         return resolve_data_config(config.model.name, input_size=size, data_format=fmt)
     if digits_stats is not None:
         mean, std = digits_stats
+        return DataConfig((1, size, size), "bilinear", (mean,), (std,), 1.0, data_format=fmt)
+    if model.config.in_channels == 1:
+        mean, std = GREY_MEAN, GREY_STD
         return DataConfig((1, size, size), "bilinear", (mean,), (std,), 1.0, data_format=fmt)
     return DataConfig((3, size, size), "bilinear", crop_pct=1.0, data_format=fmt)
 

@@ -54,6 +54,32 @@ def test_grey_and_rgba_images_come_out_rgb(photo):
         assert x.shape == (40, 32, 3)
 
 
+GREY_MEAN, GREY_STD = (0.46,), (0.23,)
+
+
+def test_a_grey_config_reads_luminance_and_augments_as_rgb(photo):
+    """One channel in, one out: ``none`` is the evaluation transform of a grey config; ``light``
+    and ``strong`` are the RGB pipeline's (same draws) on the luminance image, one channel kept."""
+    from efficientvit_jax.data import DataConfig, create_transform
+
+    square = dict(input_size=(1, 32, 32), mean=GREY_MEAN, std=GREY_STD)
+    got = A.build_augment("none", **square)(photo, None)
+    config = DataConfig((1, 32, 32), "bicubic", GREY_MEAN, GREY_STD, 0.875, data_format="NHWC")
+    np.testing.assert_allclose(got, create_transform(config)(photo), atol=1e-5)
+    grey = dict(input_size=(1, 40, 32), mean=GREY_MEAN, std=GREY_STD, num_classes=5)
+    for level in ("light", "strong"):
+        rgb = A.build_augment(level, input_size=(3, 40, 32), mean=MEAN, std=STD, num_classes=5)
+        for i in range(4):
+            x = A.build_augment(level, **grey)(photo, A.image_rng(0, 0, i))
+            want = rgb(photo.convert("L"), A.image_rng(0, 0, i))
+            assert x.shape == (40, 32, 1) and x.dtype == np.float32
+            if level == "light":  # (strong's erasing draws noise per channel)
+                pixels = want[..., 0] * STD[0] + MEAN[0]
+                np.testing.assert_allclose(
+                    x[..., 0] * GREY_STD[0] + GREY_MEAN[0], pixels, atol=1e-5
+                )
+
+
 def test_none_is_timms_eval_transform(photo):
     timm_data = pytest.importorskip("timm.data")
     t = timm_data.create_transform(

@@ -118,7 +118,7 @@ def test_resume_mid_epoch_is_exact_with_workers(tmp_path: Any, photo_tree: str) 
 @pytest.mark.slow
 def test_digits_as_png_folders_match_the_in_memory_job(tmp_path: Any) -> None:
     """The digits written as PNGs into class folders, --augment none: within one point of
-    the in-memory digits job with the same model, split and schedule."""
+    the in-memory digits job with the same model (grey: --in-channels 1), split and schedule."""
     from PIL import Image
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -137,11 +137,19 @@ def test_digits_as_png_folders_match_the_in_memory_job(tmp_path: Any) -> None:
     folder = ["--data", str(tmp_path / "digits"), "--augment", "none", "--image-size", "32"]
     # the digits job's model (a folder run from scratch takes the builder's own defaults)
     folder += ["--patch-size", "4", "--embed-dim", "16", "--drop-path-rate", "0.1"]
+    folder += ["--in-channels", "1"]
     assert main(["train", *flags, *folder, "-o", str(tmp_path / "png")]) == 0
     mem, png = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("mem", "png"))
     assert png["test_count"] == mem["test_count"] == 360
     assert mem["test_accuracy"] > 0.9
     assert abs(png["test_accuracy"] - mem["test_accuracy"]) <= 0.01
+    # a grey folder run reads luminance, normalised by ImageNet's statistics through the luma
+    # weights (ITU-R 601), as predict and eval of the run will
+    grey = json.loads((tmp_path / "png" / "run.json").read_text())["data_config"]
+    luma = np.array([0.299, 0.587, 0.114])
+    assert grey["input_size"][0] == 1
+    np.testing.assert_allclose(grey["mean"], [luma @ [0.485, 0.456, 0.406]], rtol=1e-12)
+    np.testing.assert_allclose(grey["std"], [luma @ [0.229, 0.224, 0.225]], rtol=1e-12)
 
 
 @pytest.mark.parametrize(

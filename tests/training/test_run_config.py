@@ -207,8 +207,9 @@ CROSS = [
     (lambda: DIGITS.with_values({"model.builder.num_classes": 7}),
      ("--num-classes must be 10 for the digits", "got 7 (model.builder.num_classes)")),
     (lambda: TrainConfig(data=DataOptions(folder="d"),
-                         model=ModelOptions(builder=EfficientViTConfig(in_channels=1))),
-     ("--in-channels must be 3 for image folders", "got 1 (model.builder.in_channels)")),
+                         model=ModelOptions(builder=EfficientViTConfig(in_channels=2))),
+     ("--in-channels must be 1 (grey) or 3 (RGB) for image folders",
+      "got 2 (model.builder.in_channels)")),
 ]  # fmt: skip
 
 
@@ -233,7 +234,7 @@ CLI_CROSS = [
     (["--num-classes", "7"], "--num-classes must be 10 for the digits"),
     (["--data", "d", "--weights", "w"], "--weights needs --model"),
     (["--data", "d", "--model", ZOO, "--freeze-backbone"], "--freeze-backbone needs --weights"),
-    (["--data", "d", "--in-channels", "1"], "--in-channels must be 3 for image folders"),
+    (["--data", "d", "--in-channels", "4"], "--in-channels must be 1 (grey) or 3 (RGB) for image"),
     (["--data", "d", "--num-classes", "5"], "--num-classes: a folder run has one output"),
 ]
 
