@@ -93,11 +93,8 @@ def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = No
         return DataConfig((3, size, size), "bicubic", crop_pct=1.0, data_format=fmt)
     if config.model.name is not None:
         return resolve_data_config(config.model.name, input_size=size, data_format=fmt)
-    if digits_stats is not None:
-        mean, std = digits_stats
-        return DataConfig((1, size, size), "bilinear", (mean,), (std,), 1.0, data_format=fmt)
-    if model.config.in_channels == 1:
-        mean, std = GREY_MEAN, GREY_STD
+    if digits_stats is not None or model.config.in_channels == 1:
+        mean, std = digits_stats or (GREY_MEAN, GREY_STD)
         return DataConfig((1, size, size), "bilinear", (mean,), (std,), 1.0, data_format=fmt)
     return DataConfig((3, size, size), "bilinear", crop_pct=1.0, data_format=fmt)
 

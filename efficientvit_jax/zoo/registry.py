@@ -234,8 +234,11 @@ def _class_counts(sd: StateDict, head: list[str]) -> list[int]:
 
 def _classifier_keys(sd: StateDict, head: list[str], k: int) -> list[str]:
     """The tensors of the head's layers whose weight is a ``[k, in]`` matrix."""
-    layers = {key.rsplit(".", 1)[0] for key in head if tuple(sd[key].shape[:1]) == (k,)}
-    layers = {p for p in layers if len(sd.get(f"{p}.weight", ()).shape) == 2}
+    layers = {
+        key.removesuffix(".weight")
+        for key in head
+        if key.endswith(".weight") and len(sd[key].shape) == 2 and sd[key].shape[0] == k
+    }
     return sorted(key for key in head if key.rsplit(".", 1)[0] in layers)
 
 
