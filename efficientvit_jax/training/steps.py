@@ -219,10 +219,9 @@ def make_train_step(
     unchanged (``finetune.finetune_optimizer(..., backbone_opt=None)``: AdamW's weight decay
     would move it), which keeps the backbone's weights. The sharded step takes the same flags.
 
-    Metrics: ``loss`` and ``accuracy`` (``loss_fn``'s: by default cross-entropy with the
-    smoothing, float32) and ``grad_norm``. The drop-path key is ``fold_in(state.rng,
-    state.step)``: it depends on the state only. With ``donate=True`` the input state's
-    buffers are reused for the output (the old state must not be used after the call).
+    Metrics: ``loss`` and ``accuracy`` (``loss_fn``'s: by default cross-entropy with the smoothing,
+    float32) and ``grad_norm``. The drop-path key is ``fold_in(state.rng, state.step)``: it depends
+    on the state only. ``donate=True`` reuses the input state's buffers (do not use it after).
 
     Args:
       loss_scale_of: ``opt_state -> scale`` for dynamic loss scaling (see
