@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficientvit_jax._once import run_once
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,7 +63,7 @@ def create_train_state(
     init_key, state_key = jax.random.split(_raw_key(rng))
     if isinstance(sample_images, jax.ShapeDtypeStruct):
         sample_images = jnp.zeros(sample_images.shape, sample_images.dtype)
-    variables = jax.jit(model.init)(init_key, sample_images)
+    variables = run_once(model.init, init_key, sample_images)
     extra = set(variables) - {"params", "batch_stats"}
     if extra:
         raise ValueError(

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from efficientvit_jax._arrays import device_array
+from efficientvit_jax._once import run_once
 from efficientvit_jax.zoo import base
 from efficientvit_jax.zoo.convert import (
     KeyRules,
@@ -133,7 +134,7 @@ def _init_head(config: SegConfig, seed: int) -> dict[str, Any]:
     # where initialising the whole model would trace and compile the backbone too.
     widths = config.backbone.widths[2:]
     feats = [jnp.zeros((1, 4 // 2**i, 4 // 2**i, w), config.dtype) for i, w in enumerate(widths)]
-    return jax.jit(SegHead(config).init)(jax.random.key(seed), feats)
+    return run_once(SegHead(config).init, jax.random.key(seed), feats)
 
 
 def seg_from_timm_backbone(
