@@ -25,7 +25,9 @@ def run_once(fn: Callable[..., Any], *args: Any) -> Any:
     ``init``), the same values for less compile time. Where ``jax_disable_most_optimizations`` is
     set, the program is compiled as that flag says (level 0, already less). The persistent
     compilation cache, where one is set, serves it as any other program (the options are part
-    of its key)."""
+    of its key). Inside a trace (``jax.eval_shape``, ``jax.jit``), it is ``jax.jit(fn)(*args)``."""
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+        return jax.jit(fn)(*args)  # inside a trace (eval_shape, jit): nothing is compiled here
     lowered = jax.jit(fn).lower(*args)
     if jax.config.read("jax_disable_most_optimizations"):
         return lowered.compile()(*args)

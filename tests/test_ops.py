@@ -263,6 +263,9 @@ def test_init_runs_once_less_optimised_and_draws_the_same_bits(monkeypatch):
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
     assert options == [_once.ONCE_OPTIONS]
+    # inside a trace: the jitted init, traced (a compiled program takes no tracers)
+    shapes = jax.eval_shape(lambda: create_train_state(model, optax.sgd(0.1), 0, x))
+    assert jax.tree.map(lambda a: a.shape, shapes.params) == jax.tree.map(jnp.shape, state.params)
     got = {"params": state.params, "batch_stats": state.batch_stats}
     leaves = jax.tree.leaves(want)
     assert len(leaves) == len(jax.tree.leaves(got)) > 10
