@@ -208,8 +208,15 @@ def load_timm_backbone(
     sd = load_state_dict(source)
     try:
         return entry.convert(sd, get_config(name, **overrides)), []
-    except ConversionError:
-        pass
+    except ConversionError as e:
+        misfit = [k for kind, k in e.problems if kind == "shape"]
+        counts = _class_counts(sd, misfit, bias=True) if len(misfit) == len(e.problems) else []
+    # The usual fine-tuning case: only a classifier misfits; convert at the checkpoint's own
+    # count at once (each conversion traces the model for its shapes: a second or two).
+    for k in counts:
+        variables = _converted_at(entry, sd, name, overrides, k)
+        if variables is not None:
+            return _without_classifier(variables, k), _classifier_keys(sd, misfit, k)
     headless = get_config(name, **{**overrides, "num_classes": 0})
     try:
         return entry.convert(sd, headless), []
@@ -218,18 +225,29 @@ def load_timm_backbone(
             raise
         head = [k for _, k in e.problems]
     for k in _class_counts(sd, head):
-        try:
-            variables = entry.convert(sd, get_config(name, **{**overrides, "num_classes": k}))
-        except ConversionError:
-            continue
-        return _without_classifier(variables, k), _classifier_keys(sd, head, k)
+        variables = _converted_at(entry, sd, name, overrides, k)
+        if variables is not None:
+            return _without_classifier(variables, k), _classifier_keys(sd, head, k)
     kept = {k: v for k, v in sd.items() if k not in set(head)}
     return entry.convert(kept, headless), head
 
 
-def _class_counts(sd: StateDict, head: list[str]) -> list[int]:
-    """The candidate class counts of a checkpoint: the output widths of its head's matrices."""
-    return sorted({int(sd[k].shape[0]) for k in head if len(sd[k].shape) == 2})
+def _converted_at(entry: Any, sd: StateDict, name: str, overrides: dict, k: int) -> Any:
+    """``sd`` converted as ``name`` with ``k`` classes, or ``None`` where it does not fit."""
+    try:
+        return entry.convert(sd, get_config(name, **{**overrides, "num_classes": k}))
+    except ConversionError:
+        return None
+
+
+def _class_counts(sd: StateDict, head: list[str], *, bias: bool = False) -> list[int]:
+    """The candidate class counts of a checkpoint: the output widths of its head's matrices.
+    ``bias=True``: only where ``head`` is a classifier's weight and bias alone (one ``[k, in]``
+    matrix and ``[k]`` vectors), the case where the first conversion misfits nothing else."""
+    widths = {int(sd[k].shape[0]) for k in head if len(sd[k].shape) == 2}
+    if bias and (len(widths) != 1 or any(sd[k].shape[:1] != (*widths,) for k in head)):
+        return []
+    return sorted(widths)
 
 
 def _classifier_keys(sd: StateDict, head: list[str], k: int) -> list[str]:

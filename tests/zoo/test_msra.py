@@ -204,7 +204,7 @@ def test_other_num_classes_is_refused(m0_state_dict: dict) -> None:
 
 
 def test_a_checkpoint_of_another_class_count_keeps_all_but_timms_classifier(
-    m0_state_dict: dict, caplog: pytest.LogCaptureFixture
+    m0_state_dict: dict, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As timm's ``pretrained=True, num_classes=n``: only the layer its pretrained config names
     as the classifier (``head.linear``) is left out; the head's BatchNorm loads."""
@@ -213,8 +213,23 @@ def test_a_checkpoint_of_another_class_count_keeps_all_but_timms_classifier(
     classifier = timm.models.get_pretrained_cfg("efficientvit_m0").classifier
     sd = {k: v.numpy() for k, v in m0_state_dict.items()}
     caplog.clear()
+    configs = []
+    convert = msra.msra_from_timm
+
+    def spy(state_dict, config):  # each conversion traces the model for its variables' shapes
+        configs.append(config.num_classes)
+        return convert(state_dict, config)
+
+    import dataclasses
+
+    from efficientvit_jax.zoo import registry
+
+    entry = dataclasses.replace(get_entry("efficientvit_m0"), convert=spy)
+    monkeypatch.setattr(registry, "get_entry", lambda name: entry)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         variables, dropped = load_timm_backbone(sd, "efficientvit_m0", num_classes=5)
+    monkeypatch.undo()
+    assert configs == [5, 1000]  # as asked, then at the checkpoint's own count; not headless
     # host arrays to the device without a program for each leaf's shape (zoo.convert)
     assert not [r for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert dropped == sorted(k for k in sd if k.startswith(classifier + "."))
