@@ -64,7 +64,8 @@ def image_side(model: Exportable) -> int:
 
 
 def random_variables(module: Any, shape: tuple[int, ...], seed: int) -> dict[str, Any]:
-    """The module's own initialisation (``init``, compiled as a program run once: ``_once``) for a batch of one ``shape`` image."""
+    """The module's own initialisation (``init``, compiled as a program run once: ``_once``)
+    for a batch of one ``shape`` image."""
     x = jnp.zeros((1, *shape), jnp.float32)
     return run_once(module.init, jax.random.key(seed), x)
 
@@ -158,8 +159,9 @@ def to_float(tree: Any, dtype: Any) -> Any:
 
 
 def random_sam_variables(model: Any, seed: int = 0) -> dict[str, Any]:
-    """The model's own initialisation (``init``, compiled as a program run once: ``_once``) on ``zoo.sam.init_inputs``: the
-    smallest input side (the variables do not depend on it) and one prompt of one point."""
+    """The model's own initialisation (``init``, compiled as a program run once: ``_once``) on
+    ``zoo.sam.init_inputs``: the smallest input side (the variables do not depend on it) and
+    one prompt of one point."""
     from efficientvit_jax.zoo.sam import init_inputs
 
     args = [jnp.zeros(a.shape, a.dtype) for a in init_inputs(model.config)]

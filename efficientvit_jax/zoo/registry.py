@@ -210,13 +210,11 @@ def load_timm_backbone(
         return entry.convert(sd, get_config(name, **overrides)), []
     except ConversionError as e:
         misfit = [k for kind, k in e.problems if kind == "shape"]
-        counts = _class_counts(sd, misfit, bias=True) if len(misfit) == len(e.problems) else []
+        only_classifier = len(misfit) == len(e.problems) and _one_classifier(sd, misfit)
     # The usual fine-tuning case: only a classifier misfits; convert at the checkpoint's own
     # count at once (each conversion traces the model for its shapes: a second or two).
-    for k in counts:
-        variables = _converted_at(entry, sd, name, overrides, k)
-        if variables is not None:
-            return _without_classifier(variables, k), _classifier_keys(sd, misfit, k)
+    if only_classifier and (found := _at_own_count(entry, sd, name, overrides, misfit)):
+        return found
     headless = get_config(name, **{**overrides, "num_classes": 0})
     try:
         return entry.convert(sd, headless), []
@@ -224,30 +222,36 @@ def load_timm_backbone(
         if any(kind != "unexpected" for kind, _ in e.problems):
             raise
         head = [k for _, k in e.problems]
-    for k in _class_counts(sd, head):
-        variables = _converted_at(entry, sd, name, overrides, k)
-        if variables is not None:
-            return _without_classifier(variables, k), _classifier_keys(sd, head, k)
+    if found := _at_own_count(entry, sd, name, overrides, head):
+        return found
     kept = {k: v for k, v in sd.items() if k not in set(head)}
     return entry.convert(kept, headless), head
 
 
-def _converted_at(entry: Any, sd: StateDict, name: str, overrides: dict, k: int) -> Any:
-    """``sd`` converted as ``name`` with ``k`` classes, or ``None`` where it does not fit."""
-    try:
-        return entry.convert(sd, get_config(name, **{**overrides, "num_classes": k}))
-    except ConversionError:
-        return None
+def _at_own_count(
+    entry: Any, sd: StateDict, name: str, overrides: dict, head: list[str]
+) -> tuple[dict[str, Any], list[str]] | None:
+    """``sd`` converted at a class count of its head's matrices (``_class_counts``), the
+    classifier left out, with the keys dropped; ``None`` where no count fits."""
+    for k in _class_counts(sd, head):
+        try:
+            variables = entry.convert(sd, get_config(name, **{**overrides, "num_classes": k}))
+        except ConversionError:
+            continue
+        return _without_classifier(variables, k), _classifier_keys(sd, head, k)
+    return None
 
 
-def _class_counts(sd: StateDict, head: list[str], *, bias: bool = False) -> list[int]:
-    """The candidate class counts of a checkpoint: the output widths of its head's matrices.
-    ``bias=True``: only where ``head`` is a classifier's weight and bias alone (one ``[k, in]``
-    matrix and ``[k]`` vectors), the case where the first conversion misfits nothing else."""
-    widths = {int(sd[k].shape[0]) for k in head if len(sd[k].shape) == 2}
-    if bias and (len(widths) != 1 or any(sd[k].shape[:1] != (*widths,) for k in head)):
-        return []
-    return sorted(widths)
+def _class_counts(sd: StateDict, head: list[str]) -> list[int]:
+    """The candidate class counts of a checkpoint: the output widths of its head's matrices."""
+    return sorted({int(sd[k].shape[0]) for k in head if len(sd[k].shape) == 2})
+
+
+def _one_classifier(sd: StateDict, keys: list[str]) -> bool:
+    """Whether ``keys`` are one classifier's tensors alone: one ``[k, in]`` matrix and
+    vectors of the same ``k``."""
+    widths = _class_counts(sd, keys)
+    return len(widths) == 1 and all(sd[k].shape[:1] == (widths[0],) for k in keys)
 
 
 def _classifier_keys(sd: StateDict, head: list[str], k: int) -> list[str]:
