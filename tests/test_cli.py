@@ -22,6 +22,11 @@ def _train(out, *extra):
     return main(["train", *TINY, "--output", str(out), *extra])
 
 
+# Its tests stay on one test process, so that the run below is trained once (it was trained
+# on both).
+ON_RUN4 = pytest.mark.xdist_group("cli_run4")
+
+
 @pytest.fixture(scope="module")
 def run4(tmp_path_factory):
     """4 steps straight, checkpoint every 2."""
@@ -30,6 +35,7 @@ def run4(tmp_path_factory):
     return out
 
 
+@ON_RUN4
 def test_train_writes_metrics_plot_and_checkpoint(run4):
     m = json.loads((run4 / "metrics.json").read_text())
     assert m["step"] == 4 and len(m["step_losses"]) == 4
@@ -41,6 +47,7 @@ def test_train_writes_metrics_plot_and_checkpoint(run4):
     assert not [n for n in os.listdir(run4) if ".tmp" in n or n.startswith(".write-probe")]
 
 
+@ON_RUN4
 @pytest.mark.slow
 def test_resume_continues_exactly(run4, tmp_path):
     """2 steps, stop, --resume to 4: the same losses as 4 straight, bit for bit."""
@@ -116,6 +123,7 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+@ON_RUN4
 def test_existing_checkpoints_need_resume(run4, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(run4, out)
@@ -123,6 +131,7 @@ def test_existing_checkpoints_need_resume(run4, tmp_path, capsys):
     assert "already holds checkpoints (latest step 4); pass --resume" in _err(capsys)
 
 
+@ON_RUN4
 def test_resume_with_another_config_names_the_field(run4, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(run4, out)
@@ -133,6 +142,7 @@ def test_resume_with_another_config_names_the_field(run4, tmp_path, capsys):
     assert sorted(os.listdir(out / "checkpoints")) == ["2", "4"]  # untouched
 
 
+@ON_RUN4
 @pytest.mark.parametrize("damaged", [["4"], ["2", "4"]], ids=["latest", "all"])
 def test_resume_from_corrupt_checkpoint(run4, tmp_path, capsys, caplog, damaged):
     """A destroyed latest checkpoint: resume falls back to step 2, saying so, and its next

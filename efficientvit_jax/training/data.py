@@ -12,8 +12,10 @@ run resumed at any step sees exactly the batches the uninterrupted run would hav
 
 The last, short batch is handled explicitly: ``remainder="drop"`` leaves it out (training:
 every step then has the same shape, so one compilation), ``remainder="pad"`` fills it up to
-``batch_size`` with zeros and marks the filler with ``mask == 0`` (evaluation: every example
-counts exactly once, still one shape). The step functions weight by ``mask``.
+``batch_size`` with zeros and marks the filler with ``mask == False`` (evaluation: every example
+counts exactly once, still one shape). The step functions weight by ``mask``. The batches have
+the dtypes of the image-file pipeline's (``data.loader.Batch``: a bool mask), so a model
+trained on arrays and on files runs one compiled step.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def iterate_batches(
       seed: shuffling seed; with ``epoch`` it fixes the order.
       epoch: epoch index (a different permutation each epoch).
       shuffle: ``False`` keeps the given order (evaluation).
-      remainder: ``"drop"`` the last short batch, or ``"pad"`` it with masked zeros.
+      remainder: ``"drop"`` the last short batch, or ``"pad"`` it with masked zeros
+        (``mask`` is ``[batch_size]`` bool, False on the filler).
       start_batch: skip this many batches first (resuming in the middle of an epoch).
     """
     images, labels = np.asarray(images), np.asarray(labels)
@@ -78,10 +81,10 @@ def iterate_batches(
     for b in range(start_batch, num_batches(n, batch_size, remainder=remainder)):
         idx = order[b * batch_size : (b + 1) * batch_size]
         x, y = images[idx], labels[idx].astype(np.int32)
-        mask = np.ones(batch_size, np.float32)
+        mask = np.ones(batch_size, bool)  # the image-file pipeline's dtype: one step program
         short = batch_size - len(idx)
         if short:  # only with remainder="pad"
             x = np.concatenate([x, np.zeros((short, *x.shape[1:]), x.dtype)])
             y = np.concatenate([y, np.zeros(short, np.int32)])
-            mask[batch_size - short :] = 0.0
+            mask[batch_size - short :] = False
         yield {"images": x, "labels": y, "mask": mask}

@@ -126,6 +126,26 @@ def test_batches_are_padded_masked_and_in_order(workers: int) -> None:
     assert batches[-1].paths == ["8.png", "9.png"]
 
 
+def test_both_pipelines_give_a_step_the_same_dtypes() -> None:
+    """The in-memory batches (``training.iterate_batches``) and the file loader's have the same
+    keys, shapes and dtypes, so a model trained on arrays and on files runs one compiled step
+    (before: a float32 mask against a bool one, two train-step programs for one model)."""
+    from efficientvit_jax.training import iterate_batches
+
+    samples = [(f"{i}.png", i % 3) for i in range(5)]
+    files = [b.arrays() for b in ImageLoader(samples, _identity, 4, workers=0)]
+    images = np.stack([_identity(p) for p, _ in samples])
+    labels = np.array([c for _, c in samples])
+    arrays = list(iterate_batches(images, labels, 4, shuffle=False, remainder="pad"))
+
+    def spec(b):
+        return {k: (v.shape, v.dtype) for k, v in b.items()}
+
+    assert [spec(b) for b in arrays] == [spec(b) for b in files]
+    assert files[0]["mask"].dtype == bool
+    np.testing.assert_array_equal(arrays[-1]["mask"], files[-1]["mask"])
+
+
 def test_bad_files_raise_or_are_skipped(image_files: dict, bad_files: dict) -> None:
     from efficientvit_jax.data import create_transform, resolve_data_config
 

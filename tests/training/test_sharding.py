@@ -28,6 +28,11 @@ def _helpers():
     return mod
 
 
+# The tests of the one worker run: pytest-xdist keeps them on one test process, so that the
+# module fixture runs once (spread over two, each ran it: 37 s and 28 s).
+ON_EIGHT = pytest.mark.xdist_group("eight_devices")
+
+
 @pytest.fixture(scope="module")
 def eight_devices():
     """The worker's result: single-device vs sharded steps on 8 simulated devices."""
@@ -38,6 +43,7 @@ def eight_devices():
 
 
 @pytest.mark.slow
+@ON_EIGHT
 @pytest.mark.parametrize("mode", ["dp", "fsdp"])
 def test_sharded_step_equals_single_device_step(eight_devices, mode):
     r = eight_devices
@@ -55,6 +61,7 @@ def test_sharded_step_equals_single_device_step(eight_devices, mode):
 
 
 @pytest.mark.slow
+@ON_EIGHT
 def test_fsdp_splits_large_leaves_only(eight_devices):
     dp, fsdp = eight_devices["dp"], eight_devices["fsdp"]
     assert dp["n_sharded_params"] == 0
@@ -65,6 +72,7 @@ def test_fsdp_splits_large_leaves_only(eight_devices):
 
 
 @pytest.mark.slow
+@ON_EIGHT
 def test_indivisible_batch_and_mesh_errors_name_the_numbers(eight_devices):
     msg = eight_devices["indivisible_error"]
     assert msg is not None and "12" in msg and "8" in msg
