@@ -62,8 +62,9 @@ def _programs(model: Any, x: np.ndarray, batch: dict[str, np.ndarray]) -> dict[s
         "step_adamw": steps.make_optimizer(**recipe, clip_norm=None),
         "step_recipe": steps.make_optimizer(**recipe),
     }
-    states = {k: create_train_state(model, opt, 0, x[:1]) for k, opt in optimizers.items()}
-    state = states["step_recipe"]
+    # One init (a compile of its own); each optimizer's state over the same parameters.
+    state = create_train_state(model, optimizers["step_recipe"], 0, x[:1])
+    states = {k: state.replace(opt_state=opt.init(state.params)) for k, opt in optimizers.items()}
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats

@@ -5,7 +5,6 @@ it (one threefry program per parameter shape). Tests that need *some*
 parameters, not the initialisers' own, fill the abstract tree from NumPy.
 """
 
-import contextlib
 import os
 import tempfile
 from typing import Any
@@ -144,6 +143,17 @@ def _random_variables(model, x, seed=0, scale=0.3):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _jax_option(key: str, value: Any, env_value: str):
+    """``jax.config`` ``key`` set to ``value`` for one test, restored after; yields the
+    environment that carries it (``env_value``) into the processes the test starts."""
+    before = jax.config.values[key]  # (``read`` refuses the flags that have a context manager)
+    jax.config.update(key, value)
+    try:
+        yield {**os.environ, key.upper(): env_value}
+    finally:
+        jax.config.update(key, before)
+
+
 @pytest.fixture
 def uncached():
     """Compilations of exported files kept out of the persistent cache, in this test and in the
@@ -155,34 +165,16 @@ def uncached():
     it (the executable serialised and compressed, 872 MB written). The lookup stays, so an
     entry already there is still read.
     """
-    key = "jax_persistent_cache_min_compile_time_secs"
-    before = getattr(jax.config, key)
-    jax.config.update(key, 1e9)
-    try:
-        yield {**os.environ, key.upper(): "1e9"}
-    finally:
-        jax.config.update(key, before)
+    yield from _jax_option("jax_persistent_cache_min_compile_time_secs", 1e9, "1e9")
 
 
-@contextlib.contextmanager
-def _optimised_compiles():
-    """XLA's optimisations on inside the block (in this process; the environment it yields
-    carries them into the processes a test starts), for the few tests whose time goes to
-    running many steps rather than to compiling them: at level 0 a step runs about 4x slower.
-    Each use is measured both ways (the test's module says so)."""
-    key = "jax_disable_most_optimizations"
-    before = jax.config.read(key)
-    jax.config.update(key, False)
-    try:
-        yield {**os.environ, key.upper(): "0"}
-    finally:
-        jax.config.update(key, before)
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture
 def optimised_compiles():
-    """The context manager ``optimised_compiles()`` (see ``_optimised_compiles``)."""
-    return _optimised_compiles
+    """XLA's optimisations on for this test (and, through the environment it yields, for the
+    processes it starts): for the few tests whose time goes to running many steps rather than
+    to compiling them, since at level 0 a step runs about 4x slower. Each use is measured both
+    ways (the test says so)."""
+    yield from _jax_option("jax_disable_most_optimizations", False, "0")
 
 
 @pytest.fixture(scope="session")
