@@ -32,6 +32,14 @@ _CACHE = os.environ.setdefault(
 if _CACHE:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
     jax.config.update("jax_compilation_cache_dir", _CACHE)
+    # Every program, not only those compiling for a second or more (JAX's default): most of the
+    # suite's compiles are small, and the same small programs come back in other tests, in the
+    # other worker and in the processes the tests start.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
 
 
 class _XdistGroupIds:
