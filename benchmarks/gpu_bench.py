@@ -57,28 +57,35 @@ def ms(fn: Callable[[], Any], repeats: int) -> float:
 
 
 class TorchRunner:
-    """timm's model under bf16 autocast, eager or compiled, inference or an AdamW train step."""
+    """A torch module under bf16 autocast, eager or compiled, inference or an AdamW train step."""
 
-    def __init__(self, name: str, state: dict[str, Any], device: str):
-        import timm
+    def __init__(self, module: Any, device: str):
         import torch
 
         self.torch, self.device = torch, device
-        self.model = timm.create_model(name, pretrained=False)
-        self.model.load_state_dict(state)
-        self.model.to(device)
+        self.model = module.to(device)
+
+    @classmethod
+    def timm(cls, name: str, state: dict[str, Any], device: str) -> TorchRunner:
+        """timm's model ``name`` with ``state``."""
+        import timm
+
+        model = timm.create_model(name, pretrained=False)
+        model.load_state_dict(state)
+        return cls(model, device)
 
     def sync(self) -> None:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
-    def infer(self, x: Any, compiled: bool) -> Callable[[], Any]:
+    def infer(self, x: Any, compiled: bool, bf16: bool = True) -> Callable[[], Any]:
         torch = self.torch
         self.model.eval()
         model = torch.compile(self.model, dynamic=False) if compiled else self.model
 
         def run():
-            with torch.inference_mode(), torch.autocast(self.device, dtype=torch.bfloat16):
+            autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=bf16)
+            with torch.inference_mode(), autocast:
                 out = model(x)
             self.sync()
             return out
@@ -111,7 +118,7 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
     state = timm.create_model(name, pretrained=False).state_dict()
     variables = jax.device_put(load_timm_weights({k: v.numpy() for k, v in state.items()}, name))
     model = create_model(name, dtype=jnp.bfloat16)
-    runner = TorchRunner(name, state, device)
+    runner = TorchRunner.timm(name, state, device)
     size = args.size
     for batch in args.batches:
         x = np.random.default_rng(batch).random((batch, 3, size, size), np.float32)
@@ -120,19 +127,7 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
         apply = jax.jit(model.apply)
         jax_run = lambda apply=apply, xj=xj: apply(variables, xj).block_until_ready()  # noqa: E731
         row: dict[str, Any] = dict(model=name, mode="infer", batch=batch)
-        row["jax_compile_s"] = first_call(jax_run)
-        row["jax_ms"] = ms(jax_run, args.repeats)
-        eager = runner.infer(xt, compiled=False)
-        row["eager_ms"] = ms(eager, args.repeats)
-        # Same weights, same bf16 compute: the logits agree to bf16's precision (a sanity check
-        # that both sides ran the same model, not a parity test).
-        ref = eager().float().cpu().numpy()
-        row["max_abs_diff_vs_eager"] = float(np.abs(np.asarray(jax_run(), np.float32) - ref).max())
-        row["logit_scale"] = float(np.abs(ref).max())
-        if args.compile:
-            compiled = runner.infer(xt, compiled=True)
-            row["compile_first_call_s"] = first_call(compiled)
-            row["compile_ms"] = ms(compiled, args.repeats)
+        row.update(compare_inference(jax_run, runner, xt, args.repeats, args.compile))
         emit(row)
     batch = args.train_batch
     x = np.random.default_rng(0).random((batch, 3, size, size), np.float32)
@@ -150,6 +145,34 @@ def bench_model(name: str, args: argparse.Namespace, emit: Callable[[dict], None
         row["compile_first_call_s"] = first_call(compiled)
         row["compile_ms"] = ms(compiled, args.repeats)
     emit(row)
+
+
+def compare_inference(
+    jax_run: Callable[[], Any],
+    runner: TorchRunner,
+    x: Any,
+    repeats: int,
+    compile: bool,
+    *,
+    bf16: bool = True,
+    scale_key: str = "logit_scale",
+) -> dict[str, Any]:
+    """Our forward (``jax_run``) against the torch module's on ``x``, eager and (``compile``)
+    through ``torch.compile``: first calls and median milliseconds, and the largest difference of
+    our output from torch's eager output beside that output's scale (``scale_key``). Same weights,
+    same compute dtype: the outputs agree to its precision (a sanity check that both sides ran the
+    same model, not a parity test)."""
+    row = dict(jax_compile_s=first_call(jax_run), jax_ms=ms(jax_run, repeats))
+    eager = runner.infer(x, compiled=False, bf16=bf16)
+    row["eager_ms"] = ms(eager, repeats)
+    ref = eager().float().cpu().numpy()
+    row["max_abs_diff_vs_eager"] = float(np.abs(np.asarray(jax_run(), np.float32) - ref).max())
+    row[scale_key] = float(np.abs(ref).max())
+    if compile:
+        compiled = runner.infer(x, compiled=True, bf16=bf16)
+        row["compile_first_call_s"] = first_call(compiled)
+        row["compile_ms"] = ms(compiled, repeats)
+    return row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -31,7 +31,6 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests" / "zoo"))  # MIT's models as the parity tests build them
 
-from gpu_bench import first_call, ms  # noqa: E402  (the classifier table's timing)
+from gpu_bench import TorchRunner, compare_inference  # noqa: E402  (the classifier table's)
 
 from efficientvit_jax.zoo import create_model, load_mit_weights  # noqa: E402
 
@@ -55,30 +54,6 @@ SAM = {"l0": 512, "l1": 512, "l2": 512, "xl0": 1024, "xl1": 1024}
 # MIT's README (EfficientViT-SAM): TensorRT, fp16, A100, images/s; quoted in issue 20.
 SAM_TENSORRT = {"l0": 762, "l1": 638, "l2": 538, "xl0": 278, "xl1": 182}
 SEG = ("b0", "b1", "b2", "b3", "l1", "l2")
-
-
-class Side:
-    """MIT's torch module on the device, eager or compiled, under bf16 autocast."""
-
-    def __init__(self, module: Any, device: str, bf16: bool):
-        import torch
-
-        self.torch, self.device, self.bf16 = torch, device, bf16
-        self.module = module.to(device).eval()
-
-    def runner(self, x: Any, compiled: bool) -> Callable[[], Any]:
-        torch = self.torch
-        module = torch.compile(self.module, dynamic=False) if compiled else self.module
-
-        def run() -> Any:
-            bf16 = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
-            with torch.inference_mode(), bf16:
-                out = module(x)
-            if self.device == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        return run
 
 
 def _reference(family: str, variant: str) -> Any:
@@ -119,23 +94,15 @@ def bench(family: str, variant: str, shape: tuple[int, ...], a: argparse.Namespa
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     fwd, variables = _ours(family, variant, state, jnp.dtype(a.dtype))
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    xj, side = jax.device_put(x), Side(module, device, bf16=a.dtype == "bfloat16")
-    xt = torch.from_numpy(x).to(device)
+    xj, xt = jax.device_put(x), torch.from_numpy(x).to(device)
     jax_run = lambda: jax.block_until_ready(fwd(variables, xj))  # noqa: E731
     row: dict[str, Any] = dict(
         family=family, model=variant, batch=shape[0], size=list(shape[2:]), dtype=a.dtype
     )
-    row["jax_first_call_s"] = first_call(jax_run)
-    row["jax_ms"] = ms(jax_run, a.repeats)
-    eager = side.runner(xt, compiled=False)
-    row["eager_ms"] = ms(eager, a.repeats)
-    ref = eager().float().cpu().numpy()
-    row["max_abs_diff_vs_eager"] = float(np.abs(np.asarray(jax_run(), np.float32) - ref).max())
-    row["output_scale"] = float(np.abs(ref).max())
-    if a.compile:
-        compiled = side.runner(xt, compiled=True)
-        row["compile_first_call_s"] = first_call(compiled)
-        row["compile_ms"] = ms(compiled, a.repeats)
+    row.update(compare_inference(
+        jax_run, TorchRunner(module, device), xt, a.repeats, a.compile,
+        bf16=a.dtype == "bfloat16", scale_key="output_scale",
+    ))  # fmt: skip
     if family == "sam":
         row["mit_tensorrt_fp16_a100_images_per_s"] = SAM_TENSORRT[variant]
     return row
