@@ -36,8 +36,6 @@ import optax
 from efficientvit_jax.training import create_train_state, steps
 from efficientvit_jax.zoo import create_model
 
-PROGRAMS = ("forward", "gradient", "step_sgd", "step_adamw", "step_recipe")
-
 
 def _timed(jitted: Any, *args: Any) -> dict[str, Any]:
     """Seconds of tracing, lowering and compiling ``jitted`` at ``args``; kernels compiled."""

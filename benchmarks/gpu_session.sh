@@ -21,6 +21,7 @@ OUT=${OUT:-benchmarks/results}
 PY=${PYTHON:-python3}
 WHEELS=benchmarks/results/wheels
 DEPS=$(mktemp -d)
+trap 'rm -rf "$DEPS"' EXIT
 
 if ! ls "$WHEELS"/*.whl > /dev/null 2>&1; then
     echo "gpu_session: no wheels in $WHEELS (see the top of this file)" >&2
@@ -42,4 +43,3 @@ timeout 330 "$PY" benchmarks/gpu_dense_bench.py --out "$OUT/gpu_dense" "${dense[
 echo "gpu_dense_bench exit $?"
 timeout 210 "$PY" benchmarks/compile_bench.py --out "$OUT/compile_gpu.json" "${compile[@]}"
 echo "compile_bench exit $?"
-rm -rf "$DEPS"
