@@ -170,8 +170,14 @@ def _attr(node, name, default):
     "layout,data_format", [("cascaded", "NCHW"), ("edifice", "NHWC")]
 )  # fmt: skip
 def test_core_builder_exports_equal_the_jax_model(
-    layout, data_format, random_variables, tmp_path, uncached
+    layout, data_format, random_variables, tmp_path, uncached, monkeypatch
 ):
+    """Both formats equal the model; the fold is traced once for the two (``Exportable``
+    keeps it)."""
+    from efficientvit_jax.export import fold
+
+    traced, original = [], fold.trace_calls
+    monkeypatch.setattr(fold, "trace_calls", lambda *a: traced.append(1) or original(*a))
     cfg = EfficientViTConfig(
         image_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 2),
         num_classes=10, layout=layout, data_format=data_format,
@@ -180,7 +186,7 @@ def test_core_builder_exports_equal_the_jax_model(
     shape = (3, 32, 32) if data_format == "NCHW" else (32, 32, 3)
     variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
     info, _ = _check_both_formats(model, variables, shape, tmp_path, uncached, layout)
-    assert info["folded_batchnorms"] == 0
+    assert info["folded_batchnorms"] == 0 and len(traced) == 1
 
 
 # --- BatchNorm folding -------------------------------------------------------------------------

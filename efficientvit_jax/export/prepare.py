@@ -44,8 +44,10 @@ def inference_function(model: Exportable, *, fold: bool = True) -> tuple[Callabl
         raise ValueError(f"{model.name} is a segment-anything model: export it with export_sam")
     folded = 0
     if fold:
-        example = jax.ShapeDtypeStruct((1, *model.image_shape), model.dtype)
-        module, variables = fold_batchnorm(module, variables, example)
+        if "folded" not in model._derived:
+            example = jax.ShapeDtypeStruct((1, *model.image_shape), model.dtype)
+            model._derived["folded"] = fold_batchnorm(module, variables, example)
+        module, variables = model._derived["folded"]
         folded = len(module.folded)
     dtype = jnp.dtype(model.dtype)
     if dtype.itemsize < 4:
