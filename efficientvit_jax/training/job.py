@@ -107,13 +107,16 @@ class Tuning:
 
     Attributes:
       optimizer: ``(schedule_steps) -> optax transformation`` replacing the default AdamW.
-      prepare: ``state -> state`` after initialisation (load pretrained variables).
+      init: ``(init_key, sample_images) -> variables`` in place of ``model.init``: where
+        the run starts (pretrained variables, ``finetune.init_from_pretrained``).
+      prepare: ``state -> state`` after initialisation.
       frozen_backbone: run the model in evaluation mode in the train step (linear probe).
       trainable: ``params -> pytree of bools`` (after ``prepare``): the leaves the train step
         differentiates (``steps.make_train_step``'s ``trainable``); ``None``: all of them.
     """
 
     optimizer: Callable[[int], optax.GradientTransformation] | None = None
+    init: Callable[[jax.Array, Any], Any] | None = None
     prepare: Callable[[TrainState], TrainState] | None = None
     frozen_backbone: bool = False
     trainable: Callable[[Any], Any] | None = None
@@ -287,7 +290,9 @@ def _start(
         optimizer = with_ema(optimizer, config.ema.decay)
     if setup is not None:
         optimizer = setup.wrap_optimizer(optimizer)
-    state = create_train_state(model, optimizer, config.seed, source.sample_images)
+    state = create_train_state(
+        model, optimizer, config.seed, source.sample_images, init=tuning.init
+    )
     if tuning.prepare is not None:
         state = tuning.prepare(state)
         state = state.replace(opt_state=optimizer.init(state.params))

@@ -112,14 +112,11 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
         return Tuning()
     pretrained = load_pretrained_start(config, num_classes)
 
-    def prepare(state: Any) -> Any:
-        merged = finetune.merge_pretrained(
-            {"params": state.params, "batch_stats": state.batch_stats}, pretrained
-        )
+    def init(key: Any, sample_images: Any) -> Any:
+        merged = finetune.init_from_pretrained(model, key, sample_images, pretrained)
         print(f"loaded {len(merged.loaded)} tensors from {m.weights}", flush=True)
         print(f"re-initialised {len(merged.reinitialised)}: {', '.join(merged.reinitialised)}")
-        v = merged.variables
-        return state.replace(params=v["params"], batch_stats=v.get("batch_stats", {}))
+        return merged.variables
 
     def head(params: Any) -> list[str]:
         if is_segmentation(config):  # the modules that did not load (head or classifier)
@@ -145,7 +142,7 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
         return finetune.head_mask(params, head(params))
 
     return Tuning(
-        optimizer=optimizer, prepare=prepare, frozen_backbone=m.freeze_backbone,
+        optimizer=optimizer, init=init, frozen_backbone=m.freeze_backbone,
         trainable=trainable if m.freeze_backbone else None,
     )  # fmt: skip
 

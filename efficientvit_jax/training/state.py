@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -50,6 +51,8 @@ def create_train_state(
     optimizer: optax.GradientTransformation,
     rng: jax.Array | int,
     sample_images: Any,
+    *,
+    init: Callable[[jax.Array, Any], Any] | None = None,
 ) -> TrainState:
     """Initialise ``model`` on ``sample_images`` and the optimizer on its params.
 
@@ -59,11 +62,16 @@ def create_train_state(
       optimizer: an optax transformation (see ``make_optimizer``).
       rng: a PRNG key or an int seed; split into the init key and the state's key.
       sample_images: an example batch (or a ``jax.ShapeDtypeStruct``) for the shapes.
+      init: ``(init_key, sample_images) -> variables`` in place of ``model.init`` (a run
+        that starts from pretrained variables: ``finetune.init_from_pretrained``).
     """
     init_key, state_key = jax.random.split(_raw_key(rng))
     if isinstance(sample_images, jax.ShapeDtypeStruct):
         sample_images = jnp.zeros(sample_images.shape, sample_images.dtype)
-    variables = run_once(model.init, init_key, sample_images)
+    if init is None:
+        variables = run_once(model.init, init_key, sample_images)
+    else:
+        variables = init(init_key, sample_images)
     extra = set(variables) - {"params", "batch_stats"}
     if extra:
         raise ValueError(

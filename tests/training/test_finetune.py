@@ -43,6 +43,42 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
 
 
+def test_init_from_pretrained_equals_merging_into_the_whole_init(
+    random_variables: Any, monkeypatch: Any
+) -> None:
+    """Only the leaves that do not load are computed (the init program returns those alone),
+    and they are bit for bit what ``model.init`` draws for them: the same merged variables
+    and the same lists as ``merge_pretrained`` of the whole init."""
+    from efficientvit_jax._once import run_once
+    from efficientvit_jax.training import finetune
+    from efficientvit_jax.zoo import create_model
+
+    tiny = dict(widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8)
+    model = create_model("efficientvit_b0", num_classes=5, **tiny)
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    other = create_model("efficientvit_b0", num_classes=3, **tiny)  # another class count
+    pretrained = random_variables(other, x, seed=1)
+    computed = []
+
+    def recording(fn: Any, *args: Any) -> Any:
+        out = run_once(fn, *args)
+        computed.append(sorted(out))
+        return out
+
+    monkeypatch.setattr(finetune, "run_once", recording)
+    key = jax.random.PRNGKey(7)
+    got = finetune.init_from_pretrained(model, key, x, pretrained)
+    want = finetune.merge_pretrained(run_once(model.init, key, x), pretrained)
+    head = ["params/head/fc/bias", "params/head/fc/kernel"]
+    assert computed == [head] and list(got.reinitialised) == head
+    assert got.loaded == want.loaded and got.reinitialised == want.reinitialised
+    a, b = _flat(got.variables), _flat(want.variables)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 HEADS = {"efficientvit_b0": "head/fc", "efficientvit_m0": "head/linear"}
 
 
@@ -60,8 +96,7 @@ def test_loaded_equal_the_checkpoint_head_is_new_frozen_backbone_stays(
     tuning = pretrained_tuning(config, model, 3)
     optimizer = tuning.optimizer(10)
     x = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
-    state = tuning.prepare(create_train_state(model, optimizer, 0, x))
-    state = state.replace(opt_state=optimizer.init(state.params))
+    state = create_train_state(model, optimizer, 0, x, init=tuning.init)
 
     got = {**_flat({"params": state.params}), **_flat({"batch_stats": state.batch_stats})}
     want = _flat(reference)
@@ -111,7 +146,7 @@ def test_tables_reinitialised_at_another_size_train_with_the_head(
     tuning = pretrained_tuning(config, model, 3)
     optimizer = tuning.optimizer(10)
     x = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
-    state = tuning.prepare(create_train_state(model, optimizer, 0, x))
+    state = create_train_state(model, optimizer, 0, x, init=tuning.init)
     # timm starts each block's output BatchNorm scale at 0 (the branch begins as the
     # identity), which zeroes every gradient into the attention; a trained checkpoint's are
     # not 0. Loaded values all the same, which must stay.

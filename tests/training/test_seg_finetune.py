@@ -1,6 +1,7 @@
 """Fine-tuning a segmentation model: from one of MIT's checkpoints of another class count (its
 classifier dropped and named, everything else loaded exactly) and from a timm checkpoint of
-its backbone (the head new). Variables come from NumPy (no initialiser is compiled)."""
+its backbone (the head new). The checkpoints' variables come from NumPy; the run's start
+computes only what does not load (``finetune.init_from_pretrained``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from flax import traverse_util
 
 from efficientvit_jax.training import DataOptions, ModelOptions, TrainConfig
 from efficientvit_jax.training.recipe import build_model, pretrained_tuning
-from efficientvit_jax.training.state import TrainState
 from efficientvit_jax.zoo import create_model, load_timm_weights
 from efficientvit_jax.zoo.seg import mit_key
 
@@ -29,10 +29,13 @@ def _config(weights: str) -> TrainConfig:
     return TrainConfig(data=DataOptions(folder="unused"), model=ModelOptions(MODEL, weights, SIZE))
 
 
-def _fresh_state(model: Any, random_variables: Any, seed: int) -> TrainState:
-    v = random_variables(model, jnp.zeros((1, 3, SIZE, SIZE)), seed=seed)
-    return TrainState(jnp.zeros((), jnp.int32), v["params"], (), jax.random.PRNGKey(0),
-                      v["batch_stats"])  # fmt: skip
+def _start(model: Any, tuning: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The run's start (``tuning.init``: the checkpoint where it fits, ``model.init``'s draws
+    for the rest; ``test_finetune`` proves those the whole init's) and the init's shapes."""
+    x = jnp.zeros((1, 3, SIZE, SIZE))
+    key = jax.random.PRNGKey(0)
+    shapes = traverse_util.flatten_dict(jax.eval_shape(model.init, key, x), sep="/")
+    return _flat(tuning.init(key, x)), shapes
 
 
 def _mit_file(variables: dict[str, Any], config: Any, path: Any) -> str:
@@ -56,47 +59,41 @@ def test_mit_checkpoint_of_another_class_count(
     config = _config(path)
     model = build_model(config, 11)
     tuning = pretrained_tuning(config, model, 11)
-    fresh = _fresh_state(model, random_variables, seed=2)
-    state = tuning.prepare(fresh)
+    got, shapes = _start(model, tuning)
     out = capsys.readouterr().out
     # MIT's B0 head: output_ops.0 = final_expand conv (op_list.0), then the classifier (op_list.1)
     dropped = "head.output_ops.0.op_list.1.conv.bias, head.output_ops.0.op_list.1.conv.weight"
     assert f"checkpoint classifier not loaded (another class count, 19): {dropped}" in out
     assert "re-initialised 2: params/head/classifier/bias, params/head/classifier/kernel" in out
-    got = {**_flat({"params": state.params}), **_flat({"batch_stats": state.batch_stats})}
     want = {**_flat({"params": ckpt["params"]}), **_flat({"batch_stats": ckpt["batch_stats"]})}
-    start = {**_flat({"params": fresh.params})}
+    assert got.keys() == shapes.keys()
     for k, v in got.items():
+        assert v.shape == shapes[k].shape and v.dtype == shapes[k].dtype, k
         if k.startswith("params/head/classifier/"):
-            assert v.shape[-1] == 11 and want[k].shape[-1] == 19
-            np.testing.assert_array_equal(v, start[k])  # the fresh head, as initialised
+            assert v.shape[-1] == 11 and want[k].shape[-1] == 19  # the fresh head
         else:
             np.testing.assert_array_equal(v, want[k], err_msg=k)  # loaded exactly
     tuning.optimizer(10)  # the classifier found as the head: the rest at the backbone's rate
 
 
 def test_timm_backbone_start_loads_the_backbone_only(
-    timm: Any, tmp_path: Any, random_variables: Any, make_timm_file: Any, capsys: Any
+    timm: Any, tmp_path: Any, make_timm_file: Any, capsys: Any
 ) -> None:
     path = make_timm_file(timm, "efficientvit_b0", tmp_path / "b0.safetensors")
     reference = load_timm_weights(path, "efficientvit_b0")
     config = _config(path)
     model = build_model(config, 11)
     tuning = pretrained_tuning(config, model, 11)
-    fresh = _fresh_state(model, random_variables, seed=3)
-    state = tuning.prepare(fresh)
+    got, shapes = _start(model, tuning)
     out = capsys.readouterr().out
     assert "timm classifier tensors not loaded: head." in out
-    got = _flat({"params": state.params, "batch_stats": state.batch_stats})
-    start = _flat({"params": fresh.params, "batch_stats": fresh.batch_stats})
     ref = _flat({c: reference[c] for c in ("params", "batch_stats")})
     for k, v in got.items():
         col, top, rest = k.split("/", 2)
         if top == "backbone":
             np.testing.assert_array_equal(v, ref[f"{col}/{rest}"], err_msg=k)
-        else:
-            assert top == "head"
-            np.testing.assert_array_equal(v, start[k], err_msg=k)
+        else:  # the head new, in the init's shapes
+            assert top == "head" and v.shape == shapes[k].shape, k
     n_head = sum(1 for k in got if k.split("/")[1] == "head")
     assert f"re-initialised {n_head}: " in out
     tuning.optimizer(10)
