@@ -33,6 +33,12 @@ def _flat(tree: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.flatten_dict(dict(tree), sep="/")
 
 
+def _loads(old: Mapping[str, Any], path: str, leaf: Any) -> bool:
+    """Whether the flat ``old`` has ``path`` in ``leaf``'s shape (it is loaded, not drawn)."""
+    src = old.get(path)
+    return src is not None and tuple(src.shape) == tuple(leaf.shape)
+
+
 def merge_pretrained(fresh: Mapping[str, Any], pretrained: Mapping[str, Any]) -> Merged:
     """Every leaf of ``fresh`` whose path and shape ``pretrained`` has is taken from it (in
     ``fresh``'s dtype); the others keep ``fresh``'s value. Leaves of ``pretrained`` that
@@ -41,9 +47,8 @@ def merge_pretrained(fresh: Mapping[str, Any], pretrained: Mapping[str, Any]) ->
     new, old = _flat(fresh), _flat(pretrained)
     loaded, reinit, out = [], [], {}
     for path, leaf in new.items():
-        src = old.get(path)
-        if src is not None and tuple(src.shape) == tuple(leaf.shape):
-            out[path] = device_array(src, leaf.dtype)
+        if _loads(old, path, leaf):
+            out[path] = device_array(old[path], leaf.dtype)
             loaded.append(path)
         else:
             out[path] = leaf
@@ -62,7 +67,7 @@ def init_from_pretrained(
     8.2 s for the whole init against 0.8 s)."""
     shapes = _flat(jax.eval_shape(model.init, rng, sample_images))
     old = _flat(pretrained)
-    need = [p for p, s in shapes.items() if p not in old or tuple(old[p].shape) != tuple(s.shape)]
+    need = [p for p, s in shapes.items() if not _loads(old, p, s)]
 
     def init_needed(key: jax.Array, x: Any) -> dict[str, Any]:
         every = _flat(model.init(key, x))

@@ -109,15 +109,13 @@ class Tuning:
       optimizer: ``(schedule_steps) -> optax transformation`` replacing the default AdamW.
       init: ``(init_key, sample_images) -> variables`` in place of ``model.init``: where
         the run starts (pretrained variables, ``finetune.init_from_pretrained``).
-      prepare: ``state -> state`` after initialisation.
       frozen_backbone: run the model in evaluation mode in the train step (linear probe).
-      trainable: ``params -> pytree of bools`` (after ``prepare``): the leaves the train step
+      trainable: ``params -> pytree of bools`` (of the started params): the leaves the train step
         differentiates (``steps.make_train_step``'s ``trainable``); ``None``: all of them.
     """
 
     optimizer: Callable[[int], optax.GradientTransformation] | None = None
     init: Callable[[jax.Array, Any], Any] | None = None
-    prepare: Callable[[TrainState], TrainState] | None = None
     frozen_backbone: bool = False
     trainable: Callable[[Any], Any] | None = None
 
@@ -283,7 +281,7 @@ def _announce(
 def _start(
     model: Any, source: Source, config: TrainConfig, setup: Any, tuning: Tuning, total: int
 ) -> tuple[optax.GradientTransformation, TrainState]:
-    """The optimizer and the fresh state (prepared, e.g. pretrained weights loaded): the
+    """The optimizer and the fresh state (``tuning.init``: e.g. pretrained weights loaded): the
     same on every process, from the same seed and files."""
     optimizer = (tuning.optimizer or _default_optimizer(config))(total)
     if config.ema.decay is not None:
@@ -293,9 +291,6 @@ def _start(
     state = create_train_state(
         model, optimizer, config.seed, source.sample_images, init=tuning.init
     )
-    if tuning.prepare is not None:
-        state = tuning.prepare(state)
-        state = state.replace(opt_state=optimizer.init(state.params))
     return optimizer, state
 
 
