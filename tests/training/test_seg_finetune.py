@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from efficientvit_jax._once import run_once
 from efficientvit_jax.training import DataOptions, ModelOptions, TrainConfig
 from efficientvit_jax.training.recipe import build_model, pretrained_tuning
 from efficientvit_jax.zoo import create_model, load_timm_weights
@@ -29,13 +30,13 @@ def _config(weights: str) -> TrainConfig:
     return TrainConfig(data=DataOptions(folder="unused"), model=ModelOptions(MODEL, weights, SIZE))
 
 
-def _start(model: Any, tuning: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The run's start (``tuning.init``: the checkpoint where it fits, ``model.init``'s draws
-    for the rest; ``test_finetune`` proves those the whole init's) and the init's shapes."""
+def _start(model: Any, tuning: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The run's start (``tuning.init``: the checkpoint where it fits, the init's draws for
+    the rest) and the whole ``model.init`` of the same key (the same program in both tests:
+    the second is a cache hit)."""
     x = jnp.zeros((1, 3, SIZE, SIZE))
     key = jax.random.PRNGKey(0)
-    shapes = traverse_util.flatten_dict(jax.eval_shape(model.init, key, x), sep="/")
-    return _flat(tuning.init(key, x)), shapes
+    return _flat(tuning.init(key, x)), _flat(run_once(model.init, key, x))
 
 
 def _mit_file(variables: dict[str, Any], config: Any, path: Any) -> str:
@@ -59,18 +60,19 @@ def test_mit_checkpoint_of_another_class_count(
     config = _config(path)
     model = build_model(config, 11)
     tuning = pretrained_tuning(config, model, 11)
-    got, shapes = _start(model, tuning)
+    got, fresh = _start(model, tuning)
     out = capsys.readouterr().out
     # MIT's B0 head: output_ops.0 = final_expand conv (op_list.0), then the classifier (op_list.1)
     dropped = "head.output_ops.0.op_list.1.conv.bias, head.output_ops.0.op_list.1.conv.weight"
     assert f"checkpoint classifier not loaded (another class count, 19): {dropped}" in out
     assert "re-initialised 2: params/head/classifier/bias, params/head/classifier/kernel" in out
     want = {**_flat({"params": ckpt["params"]}), **_flat({"batch_stats": ckpt["batch_stats"]})}
-    assert got.keys() == shapes.keys()
+    assert got.keys() == fresh.keys()
     for k, v in got.items():
-        assert v.shape == shapes[k].shape and v.dtype == shapes[k].dtype, k
+        assert v.shape == fresh[k].shape and v.dtype == fresh[k].dtype, k
         if k.startswith("params/head/classifier/"):
-            assert v.shape[-1] == 11 and want[k].shape[-1] == 19  # the fresh head
+            assert v.shape[-1] == 11 and want[k].shape[-1] == 19
+            np.testing.assert_array_equal(v, fresh[k])  # the fresh head, as initialised
         else:
             np.testing.assert_array_equal(v, want[k], err_msg=k)  # loaded exactly
     tuning.optimizer(10)  # the classifier found as the head: the rest at the backbone's rate
@@ -84,7 +86,7 @@ def test_timm_backbone_start_loads_the_backbone_only(
     config = _config(path)
     model = build_model(config, 11)
     tuning = pretrained_tuning(config, model, 11)
-    got, shapes = _start(model, tuning)
+    got, fresh = _start(model, tuning)
     out = capsys.readouterr().out
     assert "timm classifier tensors not loaded: head." in out
     ref = _flat({c: reference[c] for c in ("params", "batch_stats")})
@@ -92,8 +94,9 @@ def test_timm_backbone_start_loads_the_backbone_only(
         col, top, rest = k.split("/", 2)
         if top == "backbone":
             np.testing.assert_array_equal(v, ref[f"{col}/{rest}"], err_msg=k)
-        else:  # the head new, in the init's shapes
-            assert top == "head" and v.shape == shapes[k].shape, k
+        else:
+            assert top == "head"
+            np.testing.assert_array_equal(v, fresh[k], err_msg=k)  # as initialised
     n_head = sum(1 for k in got if k.split("/")[1] == "head")
     assert f"re-initialised {n_head}: " in out
     tuning.optimizer(10)
