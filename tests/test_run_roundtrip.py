@@ -549,3 +549,54 @@ def test_a_damaged_newest_step_falls_back_to_the_older_one(
     out = tmp_path / "x.stablehlo"
     argv = ["export", "--format", "stablehlo", "-o", str(out), "--checkpoint", str(copy)]
     _refused(capsys, tmp_path, [*argv, "--step", "2"], "corrupt or unreadable")
+
+
+# --- resumed runs ------------------------------------------------------------------------------
+
+
+def _cut_back_to_step_1(run: Path, out: Path) -> Path:
+    """A copy of the run folder ``run`` as a Ctrl-C after step 1 leaves it (resumed with
+    ``STEPS``: to step 2 again, saving it)."""
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "checkpoints" / "2")
+    (out / "metrics.json").unlink()
+    return out
+
+
+def _assert_resumed_as_straight(resumed: Path, straight: Path) -> None:
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (straight, resumed))
+    assert b["steps_this_run"] == 1 and len(a["step_losses"]) == 2
+    assert b["step_losses"] == a["step_losses"] and b["test_loss"] == a["test_loss"]
+    _assert_same_arrays(_saved_variables(resumed, 2), _saved_variables(straight, 2))
+
+
+@pytest.mark.slow
+def test_a_resumed_fine_tuning_run_computes_no_fresh_state(
+    run_m0: Trained, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The checkpoint holds every value: a resume restores into the state's shapes alone, and
+    the pretrained start (an init program and the merge of the weights) is not computed."""
+    from efficientvit_jax.training import job
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("the resumed run computed a fresh train state")
+
+    monkeypatch.setattr(job, "create_train_state", refuse)
+    resumed = _cut_back_to_step_1(run_m0.path, tmp_path / "m0")
+    assert main(["train", "--resume", *STEPS, "-o", str(resumed)]) == 0
+    _assert_resumed_as_straight(resumed, run_m0.path)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_its_mesh_ends_as_the_straight_run(
+    run_mesh_bf16: Trained, tmp_path: Path
+) -> None:
+    """Restored into the abstract state's shardings (its leaves split over fsdp=2), in a
+    fresh process with the same 2 devices: the same step and weights as the straight run."""
+    resumed = _cut_back_to_step_1(run_mesh_bf16.path, tmp_path / "mesh")
+    cmd = [sys.executable, "-m", "efficientvit_jax.cli", "train", "--resume",
+           "--cpu-devices", "2", "--mesh", "data=1,fsdp=2", *STEPS, "-o", str(resumed)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mesh data=1 fsdp=2; precision bfloat16" in proc.stdout
+    _assert_resumed_as_straight(resumed, run_mesh_bf16.path)

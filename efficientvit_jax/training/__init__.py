@@ -39,7 +39,7 @@ from efficientvit_jax.training.config import (
 )
 from efficientvit_jax.training.data import Batch, epoch_order, iterate_batches, num_batches
 from efficientvit_jax.training.run import train
-from efficientvit_jax.training.state import TrainState, create_train_state
+from efficientvit_jax.training.state import TrainState, abstract_train_state, create_train_state
 from efficientvit_jax.training.steps import (
     cross_entropy,
     evaluate,
@@ -65,6 +65,7 @@ __all__ = [
     "SkippedStep",
     "TrainConfig",
     "TrainState",
+    "abstract_train_state",
     "config_differences",
     "config_to_dict",
     "create_train_state",

@@ -277,10 +277,18 @@ def _placed_as(restored: Any, target: Any) -> Any:
     committed argument with a sharding annotation: a resumed run's train step would be
     another program than the fresh run's, compiled again and never found in the persistent
     compilation cache. The copy through the host happens once per restore. ``target``
-    ``None`` (a restore without target, e.g. ``load_run``): every array, as a fresh model's."""
+    ``None`` (a restore without target, e.g. ``load_run``): every array, as a fresh model's;
+    so is a leaf of an abstract target (``abstract_train_state``) that is not on a mesh."""
 
     def place(r: Any, t: Any) -> Any:
-        fresh = t is None or (isinstance(t, jax.Array) and not t.committed)
+        fresh = (
+            t is None
+            or (isinstance(t, jax.Array) and not t.committed)
+            or (
+                isinstance(t, jax.ShapeDtypeStruct)
+                and not isinstance(t.sharding, jax.sharding.NamedSharding)
+            )
+        )
         if (
             fresh
             and isinstance(r, jax.Array)

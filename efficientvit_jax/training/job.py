@@ -28,7 +28,7 @@ from efficientvit_jax.training.data import iterate_batches, num_batches
 from efficientvit_jax.training.ema import ema_params, with_ema
 from efficientvit_jax.training.loop import EpochBatches, RunLog, Schedule, fit
 from efficientvit_jax.training.report import plot_curves, write_json
-from efficientvit_jax.training.state import TrainState, create_train_state
+from efficientvit_jax.training.state import TrainState, abstract_train_state, create_train_state
 from efficientvit_jax.training.steps import (
     LossFn,
     classification_loss,
@@ -230,7 +230,7 @@ def train_classifier(
     total = spe * epochs
     max_steps = config.schedule.max_steps
     stop = total if max_steps is None else min(max_steps, total)
-    optimizer, state = _start(model, source, config, setup, tuning, total)
+    optimizer, state = _start(model, source, config, setup, tuning, total, resume=resume)
     loss = task.loss_fn or classification_loss(config.optim.label_smoothing)
     state, train_step = _steps(model, optimizer, state, setup, loss, tuning)
     # Restored after sharding, into the sharded state: each process reads its own pieces.
@@ -279,15 +279,25 @@ def _announce(
 
 
 def _start(
-    model: Any, source: Source, config: TrainConfig, setup: Any, tuning: Tuning, total: int
+    model: Any,
+    source: Source,
+    config: TrainConfig,
+    setup: Any,
+    tuning: Tuning,
+    total: int,
+    *,
+    resume: bool = False,
 ) -> tuple[optax.GradientTransformation, TrainState]:
     """The optimizer and the fresh state (``tuning.init``: e.g. pretrained weights loaded): the
-    same on every process, from the same seed and files."""
+    same on every process, from the same seed and files. With ``resume`` the state is its
+    shapes alone (``abstract_train_state``): the checkpoint supplies every value."""
     optimizer = (tuning.optimizer or _default_optimizer(config))(total)
     if config.ema.decay is not None:
         optimizer = with_ema(optimizer, config.ema.decay)
     if setup is not None:
         optimizer = setup.wrap_optimizer(optimizer)
+    if resume:
+        return optimizer, abstract_train_state(model, optimizer, source.sample_images)
     state = create_train_state(
         model, optimizer, config.seed, source.sample_images, init=tuning.init
     )

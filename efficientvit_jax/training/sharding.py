@@ -167,9 +167,11 @@ def state_sharding(
     )
 
 
-def _put_global(x: Any, sharding: NamedSharding) -> jax.Array:
+def _put_global(x: Any, sharding: NamedSharding) -> jax.Array | jax.ShapeDtypeStruct:
     if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract state (a resume's target)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     # Through the host, piece by piece: with several processes each one holds the same full
     # value (same seed) and contributes the pieces that live on its own devices. It also
     # guarantees fresh buffers: ``jax.device_put(x, sharding, may_alias=False)`` (jax 0.10,
@@ -179,7 +181,8 @@ def _put_global(x: Any, sharding: NamedSharding) -> jax.Array:
 
 
 def shard_state(state: TrainState, mesh: Mesh, shardings: TrainState | None = None) -> TrainState:
-    """Place ``state`` on the mesh (``shardings`` default: ``state_sharding(state, mesh)``).
+    """Place ``state`` on the mesh (``shardings`` default: ``state_sharding(state, mesh)``); an
+    abstract state (``jax.ShapeDtypeStruct`` leaves) gets the shardings as its leaves'.
 
     With several processes every process must pass the same full state (e.g. created from
     the same seed, or restored from the same checkpoint).

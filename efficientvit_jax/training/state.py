@@ -86,3 +86,17 @@ def create_train_state(
         rng=state_key,
         batch_stats=variables.get("batch_stats", {}),
     )
+
+
+def abstract_train_state(
+    model: nn.Module, optimizer: optax.GradientTransformation, sample_images: Any
+) -> TrainState:
+    """``create_train_state``'s structure, shapes and dtypes as ``jax.ShapeDtypeStruct``s on
+    this process's first device, with nothing computed: the target a resumed run restores
+    into (its checkpoint holds every value, so the init program is neither compiled nor run,
+    and a large model's state is not held twice while the checkpoint is read)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(
+        lambda x: create_train_state(model, optimizer, 0, x, init=model.init), sample_images
+    )
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
