@@ -260,9 +260,11 @@ def finetune_sam(
     skipped = [p for p, _ in (*data.train.skipped, *data.val.skipped)]
     if skipped:  # --skip-bad: left out, and said so
         print(f"skipped {len(skipped)} image(s) without a usable mask: {', '.join(skipped)}")
-    if resume:  # a template of the shapes: the checkpoint holds the values (the start's file
-        # or run need not exist any more)
-        variables, start = random_variables(model, config.seed), f"{workdir} (resumed)"
+    if resume:  # the shapes alone: the checkpoint holds every value (the start's file or run
+        # need not exist any more)
+        from efficientvit_jax.zoo.sam import variable_shapes
+
+        variables, start = variable_shapes(model.config), f"{workdir} (resumed)"
     else:
         variables, start = start_variables(config, model)
     ckpt = open_run_checkpoints(workdir, config.identity(), config.keep, resume=resume)
@@ -299,6 +301,14 @@ def _initial_state(config: SamTuneConfig, variables: Mapping[str, Any], tx: Any)
         batch_stats=variables.get("batch_stats", {}), constants=variables.get("constants", {}),
     )  # fmt: skip
     return jax.device_put(state)  # device arrays: the train step donates them
+
+
+def _abstract_state(config: SamTuneConfig, shapes: Mapping[str, Any], tx: Any) -> SamState:
+    """``_initial_state``'s shapes on this process's first device, nothing computed: what a
+    resume restores into (as ``training.abstract_train_state`` for the other tasks)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.eval_shape(lambda v: _initial_state(config, v, tx), shapes)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
 
 
 def embed_images(model: Any, variables: Any, paths: tuple[str, ...], chunk: int) -> np.ndarray:
@@ -368,10 +378,12 @@ def _train(config: SamTuneConfig, model: Any, data: SamData, variables: Any, ckp
     total = spe * config.epochs
     stop = total if config.max_steps is None else min(config.max_steps, total)
     tx = optimizer(config.learning_rate, total, config.warmup_steps, config.weight_decay)
-    state, log = _initial_state(config, variables, tx), SamRunLog()
+    log = SamRunLog()
     if resume:  # falls back past damaged checkpoints, saying so
-        state, extra = ckpt.restore(state, report=_warn)
+        state, extra = ckpt.restore(_abstract_state(config, variables, tx), report=_warn)
         log = SamRunLog.from_extra(extra)
+    else:
+        state = _initial_state(config, variables, tx)
     spec = PromptSpec(config.prompts_per_image, config.max_points, config.box_prob,
                       config.negative_prob, model.config.prompt_size)  # fmt: skip
     weights = LossWeights(config.focal_weight, config.dice_weight, config.iou_weight)
