@@ -55,6 +55,7 @@ from efficientvit_jax.training.sam_steps import (
     train_step_fn,
     trainable_names,
 )
+from efficientvit_jax.training.state import shapes_on_first_device
 
 RUN_FILE = "run.json"
 
@@ -306,9 +307,7 @@ def _initial_state(config: SamTuneConfig, variables: Mapping[str, Any], tx: Any)
 def _abstract_state(config: SamTuneConfig, shapes: Mapping[str, Any], tx: Any) -> SamState:
     """``_initial_state``'s shapes on this process's first device, nothing computed: what a
     resume restores into (as ``training.abstract_train_state`` for the other tasks)."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.eval_shape(lambda v: _initial_state(config, v, tx), shapes)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+    return shapes_on_first_device(lambda v: _initial_state(config, v, tx), shapes)
 
 
 def embed_images(model: Any, variables: Any, paths: tuple[str, ...], chunk: int) -> np.ndarray:

@@ -95,8 +95,14 @@ def abstract_train_state(
     this process's first device, with nothing computed: the target a resumed run restores
     into (its checkpoint holds every value, so the init program is neither compiled nor run,
     and a large model's state is not held twice while the checkpoint is read)."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(
+    return shapes_on_first_device(
         lambda x: create_train_state(model, optimizer, 0, x, init=model.init), sample_images
     )
+
+
+def shapes_on_first_device(fn: Callable[..., Any], *args: Any) -> Any:
+    """``jax.eval_shape(fn, *args)`` with every leaf placed on this process's first device
+    (where a fresh array lives): a restore target that computes nothing."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(fn, *args)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
