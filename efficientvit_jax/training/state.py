@@ -95,6 +95,8 @@ def abstract_train_state(
     this process's first device, with nothing computed: the target a resumed run restores
     into (its checkpoint holds every value, so the init program is neither compiled nor run,
     and a large model's state is not held twice while the checkpoint is read)."""
+    # ``init=model.init``: traced, not the compiled program ``run_once`` builds by default
+    # (under ``eval_shape`` nothing may compile; the seed only feeds draws never made).
     return shapes_on_first_device(
         lambda x: create_train_state(model, optimizer, 0, x, init=model.init), sample_images
     )
