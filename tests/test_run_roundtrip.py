@@ -575,16 +575,43 @@ def test_a_resumed_fine_tuning_run_computes_no_fresh_state(
     run_m0: Trained, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """The checkpoint holds every value: a resume restores into the state's shapes alone, and
-    the pretrained start (an init program and the merge of the weights) is not computed."""
-    from efficientvit_jax.training import job
+    the pretrained start (an init program and the merge of the weights) is not computed. Nor
+    is the weights file read: the head (what trains at the head's rate) is the one the run
+    recorded in its run.json, so the file may have moved since."""
+    from efficientvit_jax.training import job, recipe
 
-    def refuse(*_: Any, **__: Any) -> None:
-        raise AssertionError("the resumed run computed a fresh train state")
+    def refuse(what: str) -> Any:
+        def refused(*_: Any, **__: Any) -> None:
+            raise AssertionError(f"the resumed run {what}")
 
-    monkeypatch.setattr(job, "create_train_state", refuse)
+        return refused
+
+    monkeypatch.setattr(job, "create_train_state", refuse("computed a fresh train state"))
+    monkeypatch.setattr(recipe, "load_pretrained_start", refuse("read the weights file"))
     resumed = _cut_back_to_step_1(run_m0.path, tmp_path / "m0")
+    # M0's 5-class classifier is what the 1000-class file could not give (the frozen backbone's
+    # own BatchNorm in the head loaded)
+    head = json.loads((resumed / "run.json").read_text())["head"]
+    assert head == ["head/linear/bias", "head/linear/kernel"], head
     assert main(["train", "--resume", *STEPS, "-o", str(resumed)]) == 0
     _assert_resumed_as_straight(resumed, run_m0.path)
+    assert json.loads((resumed / "run.json").read_text())["head"] == head
+
+
+def test_a_run_file_without_a_recorded_head_sends_the_resume_to_the_weights(
+    tmp_path: Path,
+) -> None:
+    """Runs written before run.json recorded the head (or from scratch) resume as they did:
+    ``None`` makes ``pretrained_tuning`` read the weights file; a recorded head is taken."""
+    from efficientvit_jax.training.run import _recorded_head
+
+    run = {"classes": ["a", "b"], "data_config": {}}
+    assert _recorded_head(str(tmp_path)) is None  # no run.json at all
+    for head, want in ((None, None), ([], None), ("head/fc", None), ([1], None),
+                       (["head/fc"], ["head/fc"])):  # fmt: skip
+        info = run if head is None else {**run, "head": head}
+        (tmp_path / "run.json").write_text(json.dumps(info))
+        assert _recorded_head(str(tmp_path)) == want, head
 
 
 @pytest.mark.slow

@@ -112,12 +112,16 @@ class Tuning:
       frozen_backbone: run the model in evaluation mode in the train step (linear probe).
       trainable: ``params -> pytree of bools`` (of the started params): the leaves the train step
         differentiates (``steps.make_train_step``'s ``trainable``); ``None``: all of them.
+      head: the parameter paths (leaves or modules, ``"head/fc"``) that did not come from the
+        pretrained weights and train at the head's rate; a run records them in ``run.json``, so
+        that its resume needs no weights file (``recipe.pretrained_tuning``'s ``head``).
     """
 
     optimizer: Callable[[int], optax.GradientTransformation] | None = None
     init: Callable[[jax.Array, Any], Any] | None = None
     frozen_backbone: bool = False
     trainable: Callable[[Any], Any] | None = None
+    head: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

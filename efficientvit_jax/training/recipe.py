@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from efficientvit_jax.training.config import TrainConfig
@@ -99,33 +100,32 @@ def data_config(config: TrainConfig, model: Any, digits_stats: tuple | None = No
     return DataConfig((3, size, size), "bilinear", crop_pct=1.0, data_format=fmt)
 
 
-def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuning:
+def pretrained_tuning(
+    config: TrainConfig, model: Any, num_classes: int, *, head: Sequence[str] | None = None
+) -> Tuning:
     """The ``Tuning`` of ``model.weights``: load what fits, re-initialise the rest (named);
     what was re-initialised (the head) trains at ``optim.learning_rate``, the backbone at
     ``optim.backbone_lr_scale`` times it (or frozen). Reads the weights now, so a bad file
-    fails before any write."""
+    fails before any write.
+
+    ``head``: the parameter paths that train at the head's rate, as a run recorded them
+    (``Tuning.head``, kept in its ``run.json``). Given, the weights file is not read at all:
+    a resumed run restores every value from its checkpoint, and needs the file neither for
+    its values nor to tell the head from the backbone (it may have moved since)."""
     from efficientvit_jax.training import finetune
     from efficientvit_jax.training.steps import make_optimizer
 
     m, o = config.model, config.optim
     if m.weights is None:
         return Tuning()
-    pretrained = load_pretrained_start(config, num_classes)
-
-    def init(key: Any, sample_images: Any) -> Any:
-        merged = finetune.init_from_pretrained(model, key, sample_images, pretrained)
-        print(f"loaded {len(merged.loaded)} tensors from {m.weights}", flush=True)
-        print(f"re-initialised {len(merged.reinitialised)}: {', '.join(merged.reinitialised)}")
-        return merged.variables
-
-    def head(params: Any) -> list[str]:
-        if is_segmentation(config):  # the modules that did not load (head or classifier)
-            return new_modules(params, pretrained["params"]) or ["head/classifier"]
-        # The leaves that did not load train at the head's rate, frozen backbone or not: the
-        # new classifier, and MSRA attention-bias tables of another image size (frozen at
-        # their random start they would never learn). When everything loads, the classifier.
-        new = new_leaves(params, pretrained["params"])
-        return new or finetune.classifier_paths(params, num_classes)
+    shapes = param_shapes(model, resolved_image_size(config))
+    if head is None:
+        pretrained = load_pretrained_start(config, num_classes)
+        head = _head_paths(config, shapes, pretrained["params"], num_classes)
+        init = _pretrained_init(model, pretrained, m.weights)
+    else:
+        init = _no_init
+    head = tuple(head)
 
     def optimizer(total: int) -> Any:
         def adamw(lr: float) -> Any:
@@ -134,17 +134,46 @@ def pretrained_tuning(config: TrainConfig, model: Any, num_classes: int) -> Tuni
                 weight_decay=o.weight_decay,
             )  # fmt: skip
 
-        shapes = param_shapes(model, resolved_image_size(config))
         backbone = None if m.freeze_backbone else adamw(o.learning_rate * o.backbone_lr_scale)
-        return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head(shapes))
+        return finetune.finetune_optimizer(adamw(o.learning_rate), backbone, shapes, head)
 
     def trainable(params: Any) -> Any:  # a frozen backbone's backward pass is never run
-        return finetune.head_mask(params, head(params))
+        return finetune.head_mask(params, head)
 
     return Tuning(
         optimizer=optimizer, init=init, frozen_backbone=m.freeze_backbone,
-        trainable=trainable if m.freeze_backbone else None,
+        trainable=trainable if m.freeze_backbone else None, head=head,
     )  # fmt: skip
+
+
+def _head_paths(config: TrainConfig, shapes: Any, pretrained: Any, num_classes: int) -> list[str]:
+    """What trains at the head's rate, frozen backbone or not. Segmentation: the modules that
+    did not load (head or classifier). Classification: the leaves that did not load (the new
+    classifier, and MSRA attention-bias tables of another image size: frozen at their random
+    start they would never learn); when everything loads, the classifier."""
+    from efficientvit_jax.training import finetune
+
+    if is_segmentation(config):
+        return new_modules(shapes, pretrained) or ["head/classifier"]
+    return new_leaves(shapes, pretrained) or finetune.classifier_paths(shapes, num_classes)
+
+
+def _pretrained_init(model: Any, pretrained: Any, weights: str) -> Callable[..., Any]:
+    from efficientvit_jax.training import finetune
+
+    def init(key: Any, sample_images: Any) -> Any:
+        merged = finetune.init_from_pretrained(model, key, sample_images, pretrained)
+        print(f"loaded {len(merged.loaded)} tensors from {weights}", flush=True)
+        print(f"re-initialised {len(merged.reinitialised)}: {', '.join(merged.reinitialised)}")
+        return merged.variables
+
+    return init
+
+
+def _no_init(*_: Any) -> Any:
+    raise RuntimeError(
+        "a run tuned from a recorded head restores its state from a checkpoint; it has no start"
+    )
 
 
 def param_shapes(model: Any, size: int) -> Any:

@@ -71,7 +71,9 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     model = recipe.build_model(config, len(data.classes), dtypes)
     stats = (data.digits.mean, data.digits.std) if data.digits is not None else None
     eval_data = recipe.data_config(config, model, stats)
-    tuning = recipe.pretrained_tuning(config, model, len(data.classes))  # reads --weights
+    # A fresh run reads --weights; a resumed one, the head its run.json recorded (no file).
+    head = _recorded_head(workdir) if resume else None
+    tuning = recipe.pretrained_tuning(config, model, len(data.classes), head=head)
     source, skipped = _source(config, data, eval_data, setup)
     task = _task(config, model, data, source)
     if main:
@@ -79,7 +81,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, resume: bool = Fal
     ckpt = open_run_checkpoints(workdir, identity(config), config.output.keep, resume=resume)
     if main:
         save_config(config, workdir)
-        _write_run_file(workdir, data, eval_data)
+        _write_run_file(workdir, data, eval_data, tuning.head)
     info = {**config.to_dict(), "classes": list(data.classes)}
     metrics = train_classifier(
         model, source, config, ckpt, workdir, setup, tuning=tuning, task=task, resume=resume,
@@ -232,16 +234,30 @@ def identity(config: TrainConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _write_run_file(workdir: str, data: _Data, eval_data: Any) -> None:
+def _write_run_file(workdir: str, data: _Data, eval_data: Any, head: tuple[str, ...]) -> None:
     from efficientvit_jax._io import write_json
     from efficientvit_jax.training.checkpoint import config_to_dict
 
     info = {"classes": list(data.classes), "data_config": config_to_dict(eval_data)}
+    if head:  # a fine-tuning run: what did not come from --weights (``Tuning.head``)
+        info["head"] = list(head)
     if data.seg is not None:  # what segment and eval need beyond the classes
         from efficientvit_jax.training.seg_data import seg_run_info
 
         info.update(seg_run_info(data.seg))
     write_json(os.path.join(workdir, RUN_FILE), info)
+
+
+def _recorded_head(workdir: str) -> list[str] | None:
+    """The head a fine-tuning run recorded in its ``run.json``; ``None`` where there is none
+    (a run from scratch, or one written before runs recorded it: the weights file tells)."""
+    try:
+        head = read_run_file(workdir).get("head")
+    except ValueError:
+        return None
+    if isinstance(head, list) and head and all(isinstance(h, str) for h in head):
+        return head
+    return None
 
 
 def read_run_file(workdir: str) -> dict[str, Any]:
