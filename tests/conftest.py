@@ -6,6 +6,7 @@ parameters, not the initialisers' own, fill the abstract tree from NumPy.
 """
 
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -283,6 +284,33 @@ def _timm_file(
                 mod.running_var.uniform_(0.5, 2.0)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
     return str(path)
+
+
+# What a run writes when it ends (a segmentation run also its predictions.png).
+_END_FILES = ("metrics.json", "curves.png", "predictions.png")
+
+
+def _interrupted_copy(run: Any, out: Any, step: int) -> Any:
+    """A copy ``out`` of the finished run folder ``run`` as a Ctrl-C right after ``step``
+    leaves it: the checkpoints after ``step`` and the files of the run's end removed."""
+    import pathlib
+
+    run, out = pathlib.Path(run), pathlib.Path(out)
+    shutil.copytree(run, out)
+    later = [d for d in (out / "checkpoints").iterdir() if d.name.isdigit() and int(d.name) > step]
+    assert later and (out / "checkpoints" / str(step)).is_dir(), (run, step)
+    for d in later:
+        shutil.rmtree(d)
+    (out / "metrics.json").unlink()  # a finished run has one
+    for name in _END_FILES[1:]:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def interrupted_copy() -> Any:
+    """``(run, out, step) -> out``: see ``_interrupted_copy``."""
+    return _interrupted_copy
 
 
 @pytest.fixture(scope="session")

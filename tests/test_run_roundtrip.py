@@ -554,15 +554,6 @@ def test_a_damaged_newest_step_falls_back_to_the_older_one(
 # --- resumed runs ------------------------------------------------------------------------------
 
 
-def _cut_back_to_step_1(run: Path, out: Path) -> Path:
-    """A copy of the run folder ``run`` as a Ctrl-C after step 1 leaves it (resumed with
-    ``STEPS``: to step 2 again, saving it)."""
-    shutil.copytree(run, out)
-    shutil.rmtree(out / "checkpoints" / "2")
-    (out / "metrics.json").unlink()
-    return out
-
-
 def _assert_resumed_as_straight(resumed: Path, straight: Path) -> None:
     a, b = (json.loads((p / "metrics.json").read_text()) for p in (straight, resumed))
     assert b["steps_this_run"] == 1 and len(a["step_losses"]) == 2
@@ -572,7 +563,7 @@ def _assert_resumed_as_straight(resumed: Path, straight: Path) -> None:
 
 @pytest.mark.slow
 def test_a_resumed_fine_tuning_run_computes_no_fresh_state(
-    run_m0: Trained, tmp_path: Path, monkeypatch: Any
+    run_m0: Trained, tmp_path: Path, monkeypatch: Any, interrupted_copy: Any
 ) -> None:
     """The checkpoint holds every value: a resume restores into the state's shapes alone, and
     the pretrained start (an init program and the merge of the weights) is not computed. Nor
@@ -588,7 +579,7 @@ def test_a_resumed_fine_tuning_run_computes_no_fresh_state(
 
     monkeypatch.setattr(job, "create_train_state", refuse("computed a fresh train state"))
     monkeypatch.setattr(recipe, "load_pretrained_start", refuse("read the weights file"))
-    resumed = _cut_back_to_step_1(run_m0.path, tmp_path / "m0")
+    resumed = interrupted_copy(run_m0.path, tmp_path / "m0", 1)  # resumed with STEPS: to 2
     # M0's 5-class classifier is what the 1000-class file could not give (the frozen backbone's
     # own BatchNorm in the head loaded)
     head = json.loads((resumed / "run.json").read_text())["head"]
@@ -616,11 +607,11 @@ def test_a_run_file_without_a_recorded_head_sends_the_resume_to_the_weights(
 
 @pytest.mark.slow
 def test_a_run_resumed_on_its_mesh_ends_as_the_straight_run(
-    run_mesh_bf16: Trained, tmp_path: Path
+    run_mesh_bf16: Trained, tmp_path: Path, interrupted_copy: Any
 ) -> None:
     """Restored into the abstract state's shardings (its leaves split over fsdp=2), in a
     fresh process with the same 2 devices: the same step and weights as the straight run."""
-    resumed = _cut_back_to_step_1(run_mesh_bf16.path, tmp_path / "mesh")
+    resumed = interrupted_copy(run_mesh_bf16.path, tmp_path / "mesh", 1)
     cmd = [sys.executable, "-m", "efficientvit_jax.cli", "train", "--resume",
            "--cpu-devices", "2", "--mesh", "data=1,fsdp=2", *STEPS, "-o", str(resumed)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -75,7 +75,7 @@ def scratch(data: str, tmp_path_factory: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tuned(data: str, scratch: Path) -> tuple[Path, Path]:
+def tuned(data: str, scratch: Path, interrupted_copy: Any) -> tuple[Path, Path]:
     """The decoder fine-tuned from ``scratch`` straight (2 epochs, checkpoints at steps 16
     and 24), and a copy cut back to step 16 (as a Ctrl-C there leaves it) then resumed."""
     straight, resumed = scratch.parent / "tuned", scratch.parent / "resumed"
@@ -84,10 +84,7 @@ def tuned(data: str, scratch: Path) -> tuple[Path, Path]:
             "--learning-rate", "1e-3", "--weight-decay", "0.01", "--batch-size", "4",
             "--eval-batch-size", "8", "--save-every", "16", "--no-progress", "-o", str(straight)]  # fmt: skip
     assert main(argv) == 0
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "24")
-    for name in ("metrics.json", "curves.png"):
-        (resumed / name).unlink()
+    interrupted_copy(straight, resumed, 16)
     # The checkpoint holds every value: the resume restores into the state's shapes, with no
     # random template drawn and no start read.
     with pytest.MonkeyPatch.context() as patch:

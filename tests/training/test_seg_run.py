@@ -10,7 +10,6 @@ serves the second). A third run, on a mesh of two simulated devices, takes the s
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,15 +47,12 @@ def _argv(data: str, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(data: str, tmp_path_factory: Any) -> tuple[Path, Path]:
+def runs(data: str, tmp_path_factory: Any, interrupted_copy: Any) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("runs")
-    straight, resumed = root / "straight", root / "resumed"
+    straight = root / "straight"
     assert main(_argv(data, straight, "--save-every", "3")) == 0  # checkpoints 3 and 4
     # The run as a Ctrl-C after step 3 leaves it: step 3 saved, nothing after (mid-epoch 2).
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "4")
-    for name in ("metrics.json", "curves.png", "predictions.png"):
-        (resumed / name).unlink()
+    resumed = interrupted_copy(straight, root / "resumed", 3)
     assert main(["train", "--resume", "--no-progress", "-o", str(resumed)]) == 0
     return straight, resumed
 
