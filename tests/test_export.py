@@ -193,9 +193,9 @@ def test_core_builder_exports_equal_the_jax_model(
 
 
 def test_quicker_lookups_write_the_same_graph(random_variables, monkeypatch):
-    """``export.lookups.quicker_lookups`` (jax2onnx's two linear graph scans answered from the
-    IR's back-pointers) changes the time, not the graph: byte-identical protos with and without
-    it, for a model with convs, BatchNorms, attention and residual adds."""
+    """``export.lookups.quicker_lookups`` (jax2onnx's three linear graph scans answered from
+    the IR's back-pointers and indexes) changes the time, not the graph: byte-identical protos
+    with and without it, for a model with convs, BatchNorms, attention and residual adds."""
     import contextlib
 
     from jax2onnx.converter import output_binding
@@ -209,17 +209,73 @@ def test_quicker_lookups_write_the_same_graph(random_variables, monkeypatch):
     source = Exportable(model, random_variables(model, jnp.zeros((1, 3, 32, 32))), (3, 32, 32))
     onnx_export.to_onnx_model(source)  # jax2onnx's first conversion in a process differs
     original, real, fast_answers = output_binding._value_is_graph_connected, lookups._connected, []
+    real_consumer, consumer_answers = lookups._named_consumer, []
 
     def counting(scan):
         quick = real(scan)
         return lambda ctx, value: fast_answers.append(quick(ctx, value)) or fast_answers[-1]
 
+    def counting_consumers(*functions):
+        quick = real_consumer(*functions)
+        return lambda *a, **kw: consumer_answers.append(quick(*a, **kw)) or consumer_answers[-1]
+
     monkeypatch.setattr(lookups, "_connected", counting)
+    monkeypatch.setattr(lookups, "_named_consumer", counting_consumers)
     quick = onnx_export.to_onnx_model(source)[0].SerializeToString()
     assert len(fast_answers) > 50 and output_binding._value_is_graph_connected is original
+    assert len(consumer_answers) > 10  # every Transpose of the convs' pairs asked after
     monkeypatch.setattr(onnx_export, "quicker_lookups", contextlib.nullcontext)
     slow = onnx_export.to_onnx_model(source)[0].SerializeToString()
     assert quick == slow
+    # The consumer look-up against jax2onnx's scan for every output of every node of the
+    # graph written: consumed values and the graph's output, which nothing consumes.
+    import onnx_ir
+    from jax2onnx.converter import ir_optimizations as opt
+
+    nodes = list(onnx_ir.serde.deserialize_model(onnx.load_from_string(quick)).graph)
+    fast = lookups._named_consumer(opt._v_name, opt._node_inputs)
+    answers = {
+        (opt._has_named_consumer(nodes, producer=n, output_name=o.name),
+         fast(nodes, producer=n, output_name=o.name))
+        for n in nodes for o in n.outputs
+    }  # fmt: skip
+    assert answers == {(True, True), (False, False)}
+
+
+LEAN = """
+import hashlib, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax2onnx.plugins import plugin_system
+from efficientvit_jax.export.onnx_export import to_onnx_model
+from efficientvit_jax.export.source import Exportable
+from efficientvit_jax.zoo import create_model
+
+model = create_model(
+    "efficientvit_b0", widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), head_dim=8,
+    head_widths=(32, 32), num_classes=10,
+)
+shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
+rng = np.random.default_rng(0)
+variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), shapes)
+source = Exportable(model, variables, (3, 32, 32))
+lean = to_onnx_model(source)[0].SerializeToString()
+loaded = {m.split(".")[2] for m in sys.modules if m.startswith("jax2onnx.plugins.")}
+assert plugin_system._already_imported_plugins is False  # a later to_onnx loads them all
+plugin_system.import_all_plugins()
+full = to_onnx_model(source)[0].SerializeToString()
+print(sorted(loaded), hashlib.sha256(lean).hexdigest() == hashlib.sha256(full).hexdigest())
+"""
+
+
+def test_an_export_loads_only_the_plugins_a_linen_model_uses():
+    """``export.plugins.lean_plugins``: a first export in a fresh process imports jax2onnx's
+    jax, flax and dm_pix plugins, not equinox's or its examples (seconds of imports and
+    compiles), and writes the graph it writes with every plugin loaded, byte for byte."""
+    proc = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded, same = proc.stdout.strip().rsplit("] ", 1)
+    assert "equinox" not in loaded and "examples" not in loaded and "'jax'" in loaded, loaded
+    assert same == "True"
 
 
 def _count(jaxpr, primitive):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from efficientvit_jax._io import atomic_write
 from efficientvit_jax.export.lookups import quicker_lookups
+from efficientvit_jax.export.plugins import lean_plugins
 from efficientvit_jax.export.prepare import check_output_file, inference_function, input_spec
 from efficientvit_jax.export.source import Exportable
 from efficientvit_jax.ops import portable_ops
@@ -37,7 +38,7 @@ def to_onnx_model(
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per constant shape
     forward, folded = inference_function(model, fold=fold)
     output = "logits" if _has_classifier(model.module) else "features"
-    with portable_ops(), quicker_lookups():
+    with portable_ops(), quicker_lookups(), lean_plugins():
         proto = to_onnx(
             forward,
             [input_spec(model, batch)],

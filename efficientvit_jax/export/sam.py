@@ -41,6 +41,7 @@ from efficientvit_jax._io import check_output_folder, check_output_writable
 from efficientvit_jax.export.fold import fold_batchnorm
 from efficientvit_jax.export.lookups import quicker_lookups
 from efficientvit_jax.export.onnx_export import DEFAULT_OPSET, finish, write_onnx
+from efficientvit_jax.export.plugins import lean_plugins
 from efficientvit_jax.export.prepare import FORMATS
 from efficientvit_jax.export.source import image_shape, to_float
 from efficientvit_jax.export.stablehlo import write_exported
@@ -252,7 +253,7 @@ def to_onnx_proto(part: SamPart, name: str, opset: int = DEFAULT_OPSET) -> Any:
         with _jax2onnx_workarounds():
             return part.forward(*inputs)
 
-    with portable_ops(), quicker_lookups():
+    with portable_ops(), quicker_lookups(), lean_plugins():
         return to_onnx(
             forward,
             list(part.specs),
