@@ -109,7 +109,32 @@ class _CompileLog:
             f.write(json.dumps(row) + "\n")
 
 
+def _drop_empty_cache_entries(cache: str, older_than_s: float = 600.0) -> list[str]:
+    """Remove the empty files from the compilation cache ``cache``; returns their names.
+
+    A write that fails (a full disk: stop 31's CI) leaves an empty entry, which JAX never
+    replaces: every later run warned ``Error reading persistent compilation cache entry ...
+    truncated stream`` and compiled those programs again. Only files untouched for
+    ``older_than_s`` go: a fresh empty one may be another process's write in progress."""
+    import time
+
+    if not os.path.isdir(cache):
+        return []
+    dropped, now = [], time.time()
+    for entry in os.scandir(cache):
+        try:
+            info = entry.stat()
+            if entry.is_file() and info.st_size == 0 and now - info.st_mtime > older_than_s:
+                os.remove(entry.path)
+                dropped.append(entry.name)
+        except OSError:  # another run removed or replaced it meanwhile
+            pass
+    return dropped
+
+
 def pytest_configure(config):
+    if _CACHE and not hasattr(config, "workerinput"):  # once, before the workers start
+        _drop_empty_cache_entries(_CACHE)
     config.pluginmanager.register(_XdistGroupIds(), "evit-xdist-group-ids")
     if os.environ.get("EVIT_TEST_COMPILE_LOG"):
         config.pluginmanager.register(
