@@ -5,7 +5,7 @@ On its first conversion in a process, ``jax2onnx`` (0.17) imports every module u
 dm_pix and its own examples, some of which build equinox modules at import (compiling their
 random initialisers). Measured on this CPU: 5.5 s to import the equinox family and 1.4 s for
 the examples, against 1.2 s for jax's and 0.7 s for flax's; B0's first ONNX export in a
-process took 4.75 s, and 0.67 s with the jax, flax and dm_pix families alone.
+process took 4.75 s, and 1.6 s with the jax, flax and dm_pix families alone (imports included).
 
 An export here traces a linen module, so its graph holds jax primitives (and what flax's
 plugins rewrite): ``lean_plugins()`` imports those families only, for the block. The graphs
