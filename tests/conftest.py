@@ -314,10 +314,6 @@ def _timm_file(
     return str(path)
 
 
-# What a run writes when it ends (a segmentation run also its predictions.png).
-_END_FILES = ("metrics.json", "curves.png", "predictions.png")
-
-
 def _interrupted_copy(run: Any, out: Any, step: int) -> Any:
     """A copy ``out`` of the finished run folder ``run`` as a Ctrl-C right after ``step``
     leaves it: the checkpoints after ``step`` and the files of the run's end removed."""
@@ -330,7 +326,7 @@ def _interrupted_copy(run: Any, out: Any, step: int) -> Any:
     for d in later:
         shutil.rmtree(d)
     (out / "metrics.json").unlink()  # a finished run has one
-    for name in _END_FILES[1:]:
+    for name in ("curves.png", "predictions.png"):  # the plots of its end (segmentation: both)
         (out / name).unlink(missing_ok=True)
     return out
 

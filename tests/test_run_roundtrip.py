@@ -580,8 +580,8 @@ def test_a_resumed_fine_tuning_run_computes_no_fresh_state(
     monkeypatch.setattr(job, "create_train_state", refuse("computed a fresh train state"))
     monkeypatch.setattr(recipe, "load_pretrained_start", refuse("read the weights file"))
     resumed = interrupted_copy(run_m0.path, tmp_path / "m0", 1)  # resumed with STEPS: to 2
-    # M0's 5-class classifier is what the 1000-class file could not give (the frozen backbone's
-    # own BatchNorm in the head loaded)
+    # the run's 3-class classifier is what the 5-class file could not give (the head's
+    # BatchNorm loaded)
     head = json.loads((resumed / "run.json").read_text())["head"]
     assert head == ["head/linear/bias", "head/linear/kernel"], head
     assert main(["train", "--resume", *STEPS, "-o", str(resumed)]) == 0

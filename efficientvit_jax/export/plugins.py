@@ -23,11 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 FAMILIES = ("jax", "flax", "dm_pix")
+_loaded = False  # the families are imported (and their folders scanned) once a process
 
 
 @contextlib.contextmanager
 def lean_plugins() -> Iterator[None]:
     """Within the block, ``jax2onnx`` converts with the ``FAMILIES`` of plugins loaded."""
+    global _loaded
     try:
         system = importlib.import_module("jax2onnx.plugins.plugin_system")
     except ImportError:
@@ -37,9 +39,11 @@ def lean_plugins() -> Iterator[None]:
     if not callable(load) or getattr(system, "_already_imported_plugins", None) is not False:
         yield  # another jax2onnx, or every family already loaded
         return
-    root = Path(system.__file__).parent
-    for family in FAMILIES:
-        load(root / family, f"jax2onnx.plugins.{family}")
+    if not _loaded:
+        root = Path(system.__file__).parent
+        for family in FAMILIES:
+            load(root / family, f"jax2onnx.plugins.{family}")
+        _loaded = True
     system._already_imported_plugins = True
     try:
         yield
