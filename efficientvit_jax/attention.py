@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from efficientvit_jax._linen import Dense
+
 
 def elu_plus_one(x: jax.Array) -> jax.Array:
     """``elu(x) + 1`` written as ``x + 1`` / ``exp(x)``: exact, and safe to differentiate.
@@ -209,7 +211,7 @@ class CascadedGroupAttention(nn.Module):
         feat = None
         for j, split in enumerate(splits):
             feat = split if feat is None else split + feat
-            qkv = nn.Dense(
+            qkv = Dense(
                 3 * dh,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
@@ -221,7 +223,7 @@ class CascadedGroupAttention(nn.Module):
             outs.append(feat)
         heads = jnp.concatenate(outs, axis=-1)
         self.sow("intermediates", "heads", heads)
-        return nn.Dense(
+        return Dense(
             dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficientvit_jax._arrays import device_array
+from efficientvit_jax._linen import Dense, LayerNorm
 from efficientvit_jax.attention import linear_attention
 from efficientvit_jax.config import EfficientViTConfig
 from efficientvit_jax.layers import maybe_remat
@@ -82,9 +83,9 @@ def axon_layers(config: EfficientViTConfig) -> dict[str, dict[str, tuple[int, ..
 
 def _layers(config: EfficientViTConfig) -> tuple[Any, Any]:
     kw = dict(dtype=config.dtype, param_dtype=config.param_dtype)
-    dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(), **kw)
+    dense = functools.partial(Dense, kernel_init=nn.initializers.xavier_uniform(), **kw)
     norm = functools.partial(
-        nn.LayerNorm, epsilon=1e-5, use_fast_variance=False, scale_init=axon_gamma_init, **kw
+        LayerNorm, epsilon=1e-5, use_fast_variance=False, scale_init=axon_gamma_init, **kw
     )
     return dense, norm
 

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._linen import Dense, FastParams
+from efficientvit_jax._linen import LayerNorm as _LayerNorm
 from efficientvit_jax.attention import CascadedGroupAttention
 from efficientvit_jax.ops import DWConvImpl, conv2d, depthwise_conv2d, drop_path
 
@@ -37,10 +39,10 @@ def maybe_remat(block: M, remat: str, *, static_train: bool = True) -> M:
 
 # LayerNorm as Edifice and PyTorch define it: eps 1e-5 (Flax's default is 1e-6)
 # and the two-pass variance (Flax's fast E[x^2]-E[x]^2 loses digits).
-LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+LayerNorm = functools.partial(_LayerNorm, epsilon=1e-5, use_fast_variance=False)
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(FastParams, nn.Module):
     """``kernel_size`` x ``kernel_size`` depthwise conv with bias on an NHWC grid.
 
     Parameters ``kernel`` ``[k, k, 1, C]`` and ``bias`` ``[C]`` have the names
@@ -71,7 +73,7 @@ class DepthwiseConv(nn.Module):
         return y
 
 
-class Conv2d(nn.Module):
+class Conv2d(FastParams, nn.Module):
     """A full 2-D conv on NHWC with explicit (PyTorch-style) padding, by ``ops.conv2d``.
 
     Parameters ``kernel`` ``[k, k, C_in, features]`` and ``bias`` have the names
@@ -121,7 +123,7 @@ class PatchMerging(nn.Module):
         h2, w2 = (h + 1) // 2, (w + 1) // 2
         x = x.reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4 * c)
         x = LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-        return nn.Dense(
+        return Dense(
             self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="reduction"
         )(x)
 
@@ -136,7 +138,7 @@ class ConvFFN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         x = dense(self.hidden_dim, name="fc1")(x)
         x = DepthwiseConv(3, dtype=self.dtype, param_dtype=self.param_dtype, name="dwconv")(x)
         x = nn.gelu(x, approximate=False)

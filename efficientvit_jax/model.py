@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._linen import Dense
 from efficientvit_jax.config import EfficientViTConfig, make_config
 from efficientvit_jax.edifice import edifice_forward
 from efficientvit_jax.layers import CascadedBlock, LayerNorm, PatchMerging, maybe_remat
@@ -78,7 +79,7 @@ class EfficientViT(nn.Module):
     def _cascaded(self, x: jax.Array, train: bool) -> tuple[jax.Array, list[jax.Array]]:
         cfg = self.config
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        x = nn.Dense(cfg.dims[0], name="patch_embed", **kw)(x)
+        x = Dense(cfg.dims[0], name="patch_embed", **kw)(x)
         rates = cfg.drop_path_rates()
         block = maybe_remat(CascadedBlock, cfg.remat)
         stages = []
@@ -99,7 +100,7 @@ class EfficientViT(nn.Module):
             self.sow("intermediates", f"stage_{i}", x)
         x = LayerNorm(name="final_norm", **kw)(x).mean(axis=(1, 2))
         if cfg.num_classes is not None:
-            x = nn.Dense(cfg.num_classes, name="classifier", **kw)(x)
+            x = Dense(cfg.num_classes, name="classifier", **kw)(x)
         return x, stages
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from jax import lax
 
 from efficientvit_jax import layers
+from efficientvit_jax._linen import FastParams
 from efficientvit_jax.ops import DWConvImpl
 
 C = TypeVar("C", bound=type)
@@ -111,7 +112,7 @@ def torch_padding(kernel_size: int, stride: int) -> tuple[tuple[int, int], tuple
     return ((p, p), (p, p))
 
 
-class TorchBatchNorm(nn.Module):
+class TorchBatchNorm(FastParams, nn.Module):
     """BatchNorm over the last axis with PyTorch's semantics and Flax's variable names.
 
     Same variables as ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats

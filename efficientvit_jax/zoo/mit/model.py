@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from efficientvit_jax import layers
+from efficientvit_jax._linen import Dense, FastParams, LayerNorm
 from efficientvit_jax.attention import DEFAULT_CHUNK, linear_attention
 from efficientvit_jax.config import REMAT_OPTIONS
 from efficientvit_jax.ops import DWConvImpl
@@ -191,7 +192,7 @@ def ConvNormAct(  # noqa: N802  (the module's name before it became zoo.base's C
     )
 
 
-class GroupedPointwise(nn.Module):
+class GroupedPointwise(FastParams, nn.Module):
     """1x1 conv with ``groups`` groups and no bias; ``kernel`` ``[1, 1, C/groups, C]``.
 
     The kernel has ``nn.Conv(feature_group_count=groups)``'s layout; the conv is
@@ -509,15 +510,15 @@ class ClassifierHead(nn.Module):
         kw = {"dtype": cfg.dtype, "param_dtype": cfg.param_dtype}
         x = ConvNormAct(cfg.head_widths[0], act=cfg.act, config=cfg, name="in_conv")(x, train=train)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(cfg.dtype)
-        x = nn.Dense(
+        x = Dense(
             cfg.head_widths[1], use_bias=False, kernel_init=TORCH_KERNEL_INIT, name="pre_fc", **kw
         )(x)
-        x = nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name="norm", **kw)(x)
+        x = LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name="norm", **kw)(x)
         x = ACTIVATIONS[cfg.act](x)
         if cfg.num_classes == 0:
             return x
         x = nn.Dropout(cfg.drop_rate, deterministic=not train)(x)
-        return nn.Dense(cfg.num_classes, kernel_init=TORCH_KERNEL_INIT, name="fc", **kw)(x)
+        return Dense(cfg.num_classes, kernel_init=TORCH_KERNEL_INIT, name="fc", **kw)(x)
 
 
 class EfficientViTMIT(nn.Module):

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from efficientvit_jax._linen import Conv, Dense, FastParams
 from efficientvit_jax.zoo import base
 from efficientvit_jax.zoo.base import TORCH_KERNEL_INIT, ConvBNAct
 
@@ -210,8 +211,8 @@ class SqueezeExcite(nn.Module):
             "kernel_init": TORCH_KERNEL_INIT,
         }
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.relu(nn.Conv(self.rd_channels, name="fc1", **kw)(s))
-        s = nn.Conv(x.shape[-1], name="fc2", **kw)(s)
+        s = nn.relu(Conv(self.rd_channels, name="fc1", **kw)(s))
+        s = Conv(x.shape[-1], name="fc2", **kw)(s)
         return x * nn.sigmoid(s)
 
 
@@ -240,7 +241,7 @@ def channels_first(x: jax.Array) -> jax.Array:
     return x.transpose(0, 3, 1, 2).reshape(b, c, h * w)
 
 
-class WindowedCascadedAttention(nn.Module):
+class WindowedCascadedAttention(FastParams, nn.Module):
     """Softmax cascaded group attention on windows ``[B, ws, ws, C]`` with relative-position biases
     (timm's MSRA ``CascadedGroupAttention``; the core's ``CascadedGroupAttention`` is linear).
 
@@ -475,7 +476,7 @@ class NormLinear(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = base.torch_batch_norm(train=train, name="bn", **kw)(x)
-        return nn.Dense(
+        return Dense(
             self.num_classes,
             kernel_init=nn.initializers.truncated_normal(0.02),
             name="linear",

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from efficientvit_jax import layers
+from efficientvit_jax._linen import Dense, FastParams, LayerNorm
 from efficientvit_jax.zoo.base import ACTIVATIONS, TORCH_KERNEL_INIT
 from efficientvit_jax.zoo.mit import ConvNormAct, EfficientViTMIT, MITConfig, Residual
 from efficientvit_jax.zoo.seg.resize import interpolate
@@ -168,7 +169,7 @@ class SamConfig:
 def layer_norm(x: jax.Array, cfg: SamConfig, name: str) -> jax.Array:
     """PyTorch's LayerNorm over the last axis (on NHWC maps: SAM's and MIT's LayerNorm2d), in
     float32 whatever the compute dtype, returned in it. Call from a compact method."""
-    norm = nn.LayerNorm(
+    norm = LayerNorm(
         epsilon=cfg.norm_eps,
         use_fast_variance=False,
         dtype=jnp.float32,
@@ -178,9 +179,9 @@ def layer_norm(x: jax.Array, cfg: SamConfig, name: str) -> jax.Array:
     return norm(x.astype(jnp.float32)).astype(cfg.dtype)
 
 
-def dense(features: int, cfg: SamConfig, name: str) -> nn.Dense:
+def dense(features: int, cfg: SamConfig, name: str) -> Dense:
     """A Linear with bias and PyTorch's kernel init."""
-    return nn.Dense(
+    return Dense(
         features,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
@@ -259,7 +260,7 @@ class ImageEncoder(nn.Module):
 # --------------------------------------------------------------------------- prompt encoder
 
 
-class Embedding(nn.Module):
+class Embedding(FastParams, nn.Module):
     """A learned table ``[num, features]`` (PyTorch's ``nn.Embedding`` weight, N(0, 1) init),
     returned whole: SAM adds its rows by label, it never looks them up by index."""
 

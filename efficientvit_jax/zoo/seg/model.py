@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax._linen import Conv
 from efficientvit_jax.config import REMAT_OPTIONS
 from efficientvit_jax.zoo.mit import (
     TORCH_KERNEL_INIT,
@@ -176,7 +177,7 @@ class SegHead(nn.Module):
             )
         # Dropout2d: whole channels of a map (the spatial axes share one draw)
         x = nn.Dropout(cfg.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
-        return nn.Conv(
+        return Conv(
             cfg.num_classes,
             (1, 1),
             dtype=cfg.dtype,
