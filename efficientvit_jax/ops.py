@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,17 @@ def portable_ops() -> Iterator[None]:
         yield
     finally:
         _PORTABLE.reset(token)
+
+
+def eval_shape(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``jax.eval_shape`` traced on the portable path (``portable_ops``): the same shapes and
+    dtypes in fewer equations (one conv instead of a depthwise conv's k*k shifted slices).
+    For the traces that only want shapes, a model's variables above all: ``init`` at 64 px
+    traced in half the time (M0 0.6 -> 0.3 s, B3 0.6 -> 0.27 s on the 2-core CPU)."""
+    # A fresh function: JAX caches traces by function, and the portable switch is not part of
+    # the key, so a later ``jax.jit(fn)`` must not be served this trace (nor this call another).
+    with portable_ops():
+        return jax.eval_shape(lambda *a, **k: fn(*a, **k), *args, **kwargs)
 
 
 def resolve_dwconv_impl(impl: DWConvImpl) -> Literal["shifted", "xla"]:
@@ -145,6 +156,17 @@ def _padded_taps(x: jax.Array, kh: int, kw: int, stride: int, pads, op: str):
     return _taps(xp, kh, kw, stride, ho, wo)
 
 
+# The CPU rewrites are many small ops (a depthwise conv is k*k slices, products and sums), and
+# a process traces the same shapes again and again: every block of a stage, the forward inside
+# ``init``, ``jit``, ``grad``, every test of a model. As ``jax.jit(..., inline=True)`` each is
+# traced once per shape (JAX keeps a jitted function's trace) and its equations are copied into
+# the caller's, so the program is the one traced inline: the same values bit for bit and the
+# same step time (B1's train step at batch 16). M3's forward at 64 px traces in 0.25 s against
+# 0.55 s; with its gradient, lowered, 2.3 s against 2.7 s.
+_traced_once = functools.partial(jax.jit, inline=True)
+
+
+@functools.partial(_traced_once, static_argnums=(2, 3))
 def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
     kh, kw = kernel.shape[:2]
     out = None
@@ -155,7 +177,7 @@ def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _shifted_dwconv(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
+def _shifted_dwconv_vjp(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
     return _shifted_forward(x, kernel, stride, pads)
 
 
@@ -163,6 +185,7 @@ def _shifted_dwconv_fwd(x, kernel, stride, pads):
     return _shifted_forward(x, kernel, stride, pads), (x, kernel)
 
 
+@functools.partial(_traced_once, static_argnums=(0, 1))
 def _shifted_dwconv_bwd(stride, pads, res, g):
     """Both cotangents as shifted sums; why not autodiff, see PERF-NOTES.md.
 
@@ -199,7 +222,8 @@ def _shifted_dwconv_bwd(stride, pads, res, g):
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-_shifted_dwconv.defvjp(_shifted_dwconv_fwd, _shifted_dwconv_bwd)
+_shifted_dwconv_vjp.defvjp(_shifted_dwconv_fwd, _shifted_dwconv_bwd)
+_shifted_dwconv = _traced_once(_shifted_dwconv_vjp, static_argnums=(2, 3))
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array, *, impl: DWConvImpl = "auto") -> jax.Array:

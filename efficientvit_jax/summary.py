@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax import ops
 from efficientvit_jax.config import EfficientViTConfig, make_config
 from efficientvit_jax.model import EfficientViT
 
@@ -50,7 +51,7 @@ def group_of(name: str) -> str:
 def abstract_variables(model: nn.Module, input_shape: tuple[int, ...], dtype: Any) -> Any:
     """The variables' shapes and dtypes, by ``jax.eval_shape`` (no memory, no compute)."""
     x = jax.ShapeDtypeStruct(input_shape, dtype)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
+    return ops.eval_shape(model.init, jax.random.key(0), x)
 
 
 def compiled_flops(compiled: Any) -> float | None:

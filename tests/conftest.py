@@ -158,10 +158,13 @@ def pytest_collection_modifyitems(config, items):
 def _random_variables(model, x, seed=0, scale=0.3):
     """Variables of ``model`` for input ``x``, drawn with NumPy instead of the initialisers.
 
-    Shapes come from ``jax.eval_shape`` (no compilation). LayerNorm-like
-    ``scale`` leaves are drawn around 1 so the model stays well conditioned.
+    Shapes come from ``ops.eval_shape`` (no compilation; the portable path's shorter trace).
+    LayerNorm-like ``scale`` leaves are drawn around 1 so the model stays well conditioned.
     """
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    from efficientvit_jax import ops
+
+    x = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    shapes = ops.eval_shape(model.init, jax.random.key(0), x)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):

@@ -272,3 +272,51 @@ def test_init_runs_once_less_optimised_and_draws_the_same_bits(monkeypatch):
     # (at XLA's level 0 the truncated normals of this model came out up to 4 ulp apart)
     for a, b in zip(jax.tree.leaves(got), leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name", ["efficientvit_b1", "efficientvit_m0"])
+def test_eval_shape_on_the_portable_path_gives_the_same_variables(name, monkeypatch):
+    """``ops.eval_shape`` (a model's variables, traced with XLA's conv: a shorter trace) equals
+    ``jax.eval_shape`` on the CPU path (the depthwise convs as shifted slices), leaf for leaf;
+    the CPU rewrite is not traced at all."""
+    from efficientvit_jax.zoo import create_model
+
+    shifted, original = [], ops._shifted_dwconv
+    monkeypatch.setattr(ops, "_shifted_dwconv", lambda *a: shifted.append(1) or original(*a))
+    model = create_model(name)
+    x = jax.ShapeDtypeStruct((1, 3, 64, 64), jnp.float32)
+    init = lambda x: model.init(jax.random.key(0), x)  # noqa: E731
+    ours = ops.eval_shape(init, x)
+    assert shifted == []
+    ref = jax.eval_shape(init, x)  # the same function: not served the portable trace
+    assert shifted  # the CPU path, on this CPU
+    assert jax.tree.structure(ours) == jax.tree.structure(ref)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: a == b, ours, ref)))
+
+
+def test_the_shifted_depthwise_conv_is_traced_once_per_shape_and_inlined(monkeypatch):
+    """A model's depthwise convs repeat their shapes (every block of a stage): the CPU kernel's
+    slices are traced once per shape and copied into the caller's trace (``jit(inline=True)``):
+    no call left in the program, the same values and gradients as the kernel traced inline."""
+    taps, original = [], ops._taps
+    monkeypatch.setattr(ops, "_taps", lambda *a: taps.append(1) or original(*a))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 5, 3)), jnp.float32)  # a shape no other test uses
+    ks = [jnp.asarray(rng.normal(size=(3, 3, 1, 3)), jnp.float32) for _ in range(3)]
+
+    def three(conv, x, ks):
+        for k in ks:
+            x = jnp.tanh(conv(x, k))
+        return x.sum()
+
+    cached = lambda x, k: depthwise_conv2d(x, k, impl="shifted")  # noqa: E731
+    inline = lambda x, k: ops._shifted_dwconv_vjp(x, k, 1, ((1, 1), (1, 1)))  # noqa: E731
+    jaxpr = jax.make_jaxpr(three, static_argnums=0)(cached, x, ks)
+    assert len(taps) == 1  # three convs of one shape: traced once
+    # Inlined: no call of the kernel is left in the caller's program.
+    calls = [e.params.get("name") for e in jaxpr.jaxpr.eqns if e.primitive.name in ("jit", "pjit")]
+    assert not {"_shifted_dwconv_vjp", "_shifted_forward"} & set(calls), calls
+    grads = jax.grad(three, argnums=(1, 2))
+    want = jax.tree.leaves(grads(inline, x, ks))
+    for a, b in zip(jax.tree.leaves(grads(cached, x, ks)), want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -15,6 +15,7 @@ import jax
 import optax
 from flax import traverse_util
 
+from efficientvit_jax import ops
 from efficientvit_jax._arrays import device_array
 from efficientvit_jax._once import run_once
 
@@ -65,7 +66,7 @@ def init_from_pretrained(
     random draws and the forward pass. The same values, bit for bit; for a fine-tuned
     classifier the program is a few draws (``efficientvit_m0`` at 64 px, level-0 compiles:
     8.2 s for the whole init against 0.8 s)."""
-    shapes = _flat(jax.eval_shape(model.init, rng, sample_images))
+    shapes = _flat(ops.eval_shape(model.init, rng, sample_images))
     old = _flat(pretrained)
     need = [p for p, s in shapes.items() if not _loads(old, p, s)]
 

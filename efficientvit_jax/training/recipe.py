@@ -181,10 +181,12 @@ def param_shapes(model: Any, size: int) -> Any:
     import jax
     import jax.numpy as jnp
 
+    from efficientvit_jax import ops
+
     cfg = model.config  # the core's or a zoo config: both name ``in_channels``
     c = cfg.in_channels
     shape = (1, c, size, size) if cfg.data_format == "NCHW" else (1, size, size, c)
-    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
+    return ops.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))["params"]
 
 
 def new_leaves(shapes: Any, pretrained: Any) -> list[str]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from efficientvit_jax import ops
 from efficientvit_jax._once import run_once
 
 
@@ -106,5 +107,5 @@ def shapes_on_first_device(fn: Callable[..., Any], *args: Any) -> Any:
     """``jax.eval_shape(fn, *args)`` with every leaf placed on this process's first device
     (where a fresh array lives): a restore target that computes nothing."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shapes = jax.eval_shape(fn, *args)
+    shapes = ops.eval_shape(fn, *args)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)

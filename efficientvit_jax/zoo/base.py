@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from efficientvit_jax import layers
+from efficientvit_jax import layers, ops
 from efficientvit_jax._linen import FastParams
 from efficientvit_jax.ops import DWConvImpl
 
@@ -281,7 +281,7 @@ def variable_shapes(module: Callable[[Any], nn.Module], config: ZooConfig) -> di
     shape = (1, c, 64, 64) if config.data_format == "NCHW" else (1, 64, 64, c)
     model = module(config)
     sample = jax.ShapeDtypeStruct(shape, config.dtype)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), sample)
+    return ops.eval_shape(lambda x: model.init(jax.random.key(0), x), sample)
 
 
 def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:

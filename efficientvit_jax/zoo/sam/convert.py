@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from efficientvit_jax import ops
 from efficientvit_jax.zoo.convert import TORCH_LEAF_NAMES, KeyRules, convert_state_dict
 from efficientvit_jax.zoo.sam.model import EfficientViTSam, SamConfig
 
@@ -103,7 +104,7 @@ def init_inputs(config: SamConfig) -> tuple[jax.ShapeDtypeStruct, ...]:
 @functools.lru_cache(maxsize=16)
 def _shapes(config: SamConfig) -> dict[str, Any]:
     model = EfficientViTSam(config)
-    return jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *init_inputs(config))
+    return ops.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *init_inputs(config))
 
 
 def variable_shapes(config: SamConfig) -> dict[str, Any]:
