@@ -51,8 +51,9 @@ def portable_ops() -> Iterator[None]:
 def eval_shape(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``jax.eval_shape`` traced on the portable path (``portable_ops``): the same shapes and
     dtypes in fewer equations (one conv instead of a depthwise conv's k*k shifted slices).
-    For the traces that only want shapes, a model's variables above all: ``init`` at 64 px
-    traced in half the time (M0 0.6 -> 0.3 s, B3 0.6 -> 0.27 s on the 2-core CPU)."""
+    For the traces that only want shapes, a model's variables above all: with the kernel cache
+    below, M3's at 64 px in 0.37 s against 0.60 s by ``jax.eval_shape`` with the kernel traced
+    inline, B1's 0.14 s against 0.27 s (``benchmarks/trace_bench.py``, again in a process)."""
     # A fresh function: JAX caches traces by function, and the portable switch is not part of
     # the key, so a later ``jax.jit(fn)`` must not be served this trace (nor this call another).
     with portable_ops():
@@ -161,8 +162,9 @@ def _padded_taps(x: jax.Array, kh: int, kw: int, stride: int, pads, op: str):
 # ``init``, ``jit``, ``grad``, every test of a model. As ``jax.jit(..., inline=True)`` each is
 # traced once per shape (JAX keeps a jitted function's trace) and its equations are copied into
 # the caller's, so the program is the one traced inline: the same values bit for bit and the
-# same step time (B1's train step at batch 16). M3's forward at 64 px traces in 0.25 s against
-# 0.55 s; with its gradient, lowered, 2.3 s against 2.7 s.
+# same step time (B1's train step at batch 16). ``benchmarks/trace_bench.py``, M3 at 64 px traced
+# again in a process: forward 0.30 s against 0.37 s, with its gradient and lowered 1.97 s
+# against 2.28 s.
 _traced_once = functools.partial(jax.jit, inline=True)
 
 
