@@ -23,12 +23,11 @@ Compilation is not timed (``compile_bench.py`` does). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -39,21 +38,17 @@ from efficientvit_jax import _linen, ops
 from efficientvit_jax.zoo import create_model
 
 
-@contextlib.contextmanager
-def _setting(name: str) -> Iterator[Callable[..., Any]]:
-    """The setting's ``eval_shape``, with the package patched as the setting says."""
-    saved = (_linen.FastParams.param, ops._shifted_dwconv)
-    try:
-        if name in ("flax_param", "before"):
-            _linen.FastParams.param = nn.Module.param
-        if name in ("inline_kernel", "before"):  # this process only: nothing is put back
-            ops._shifted_forward = ops._shifted_forward.__wrapped__
-            bwd = ops._shifted_dwconv_bwd.__wrapped__
-            ops._shifted_dwconv_vjp.defvjp(ops._shifted_dwconv_fwd, bwd)
-            ops._shifted_dwconv = ops._shifted_dwconv_vjp
-        yield jax.eval_shape if name in ("inline_kernel", "before") else ops.eval_shape
-    finally:
-        _linen.FastParams.param, ops._shifted_dwconv = saved
+def _apply(setting: str) -> Callable[..., Any]:
+    """Patch this process as ``setting`` says (each setting has a process of its own: nothing
+    is put back); returns the ``eval_shape`` the setting uses for the variables."""
+    if setting in ("flax_param", "before"):
+        _linen.FastParams.param = nn.Module.param
+    if setting in ("inline_kernel", "before"):
+        ops._shifted_forward = ops._shifted_forward.__wrapped__
+        ops._shifted_dwconv_vjp.defvjp(ops._shifted_dwconv_fwd, ops._shifted_dwconv_bwd.__wrapped__)
+        ops._shifted_dwconv = ops._shifted_dwconv_vjp
+        return jax.eval_shape
+    return ops.eval_shape
 
 
 def _first_and_best(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -72,22 +67,22 @@ def trace_times(name: str, size: int, batch: int, repeat: int, setting: str) -> 
     x = jax.ShapeDtypeStruct(
         (batch, c, size, size) if nchw else (batch, size, size, c), jnp.float32
     )
-    with _setting(setting) as eval_shape:
-        # A new lambda each time: JAX keeps traces by function, and each timing must trace.
-        shapes = lambda: eval_shape(lambda x: model.init(jax.random.key(0), x), x)  # noqa: E731
-        first_shapes = _first_and_best(shapes, repeat)
-        variables = shapes()
-        forward = lambda: jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)  # noqa: E731
+    eval_shape = _apply(setting)
+    # A new lambda each time: JAX keeps traces by function, and each timing must trace.
+    shapes = lambda: eval_shape(lambda x: model.init(jax.random.key(0), x), x)  # noqa: E731
+    first_shapes = _first_and_best(shapes, repeat)
+    variables = shapes()
+    forward = lambda: jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x)  # noqa: E731
 
-        def gradient() -> Any:
-            loss = lambda v, x: model.apply(v, x).astype(jnp.float32).sum()  # noqa: E731
-            return jax.jit(jax.grad(loss)).lower(variables, x)
+    def gradient() -> Any:
+        loss = lambda v, x: model.apply(v, x).astype(jnp.float32).sum()  # noqa: E731
+        return jax.jit(jax.grad(loss)).lower(variables, x)
 
-        return dict(
-            variables=first_shapes,
-            forward=_first_and_best(forward, repeat),
-            gradient=_first_and_best(gradient, repeat),
-        )
+    return dict(
+        variables=first_shapes,
+        forward=_first_and_best(forward, repeat),
+        gradient=_first_and_best(gradient, repeat),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

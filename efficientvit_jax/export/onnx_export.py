@@ -9,11 +9,13 @@ standard ONNX ops only (no onnxruntime domain), checked by ``onnx.checker``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax.numpy as jnp
@@ -29,16 +31,24 @@ from efficientvit_jax.ops import portable_ops
 DEFAULT_OPSET = 18
 
 
+@contextlib.contextmanager
+def conversion() -> Iterator[None]:
+    """What every ``jax2onnx`` conversion here runs under (a model's, SAM's parts): the portable
+    path, the quicker graph look-ups and the lean plugins, ``onnx_ir``'s warnings quieted."""
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per constant shape
+    with portable_ops(), quicker_lookups(), lean_plugins():
+        yield
+
+
 def to_onnx_model(
     model: Exportable, *, fold: bool = True, opset: int = DEFAULT_OPSET, batch: str = "batch"
 ) -> tuple[Any, int]:
     """``(onnx.ModelProto, folded BatchNorms)``, as ``jax2onnx`` traces the portable path."""
     from jax2onnx import to_onnx
 
-    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per constant shape
     forward, folded = inference_function(model, fold=fold)
     output = "logits" if _has_classifier(model.module) else "features"
-    with portable_ops(), quicker_lookups(), lean_plugins():
+    with conversion():
         proto = to_onnx(
             forward,
             [input_spec(model, batch)],

@@ -39,9 +39,7 @@ import jax.numpy as jnp
 from efficientvit_jax._arrays import device_array
 from efficientvit_jax._io import check_output_folder, check_output_writable
 from efficientvit_jax.export.fold import fold_batchnorm
-from efficientvit_jax.export.lookups import quicker_lookups
-from efficientvit_jax.export.onnx_export import DEFAULT_OPSET, finish, write_onnx
-from efficientvit_jax.export.plugins import lean_plugins
+from efficientvit_jax.export.onnx_export import DEFAULT_OPSET, conversion, finish, write_onnx
 from efficientvit_jax.export.prepare import FORMATS
 from efficientvit_jax.export.source import image_shape, to_float
 from efficientvit_jax.export.stablehlo import write_exported
@@ -243,17 +241,13 @@ def _jax2onnx_workarounds() -> Iterator[None]:
 
 def to_onnx_proto(part: SamPart, name: str, opset: int = DEFAULT_OPSET) -> Any:
     """The ``onnx.ModelProto`` ``jax2onnx`` traces from ``part`` (portable path)."""
-    import logging
-
     from jax2onnx import to_onnx
-
-    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # one warning per constant shape
 
     def forward(*inputs: jax.Array) -> Any:
         with _jax2onnx_workarounds():
             return part.forward(*inputs)
 
-    with portable_ops(), quicker_lookups(), lean_plugins():
+    with conversion():
         return to_onnx(
             forward,
             list(part.specs),
