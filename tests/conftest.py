@@ -81,7 +81,8 @@ class _CompileLog:
     """Where each test's time goes: seconds of tracing, lowering and XLA compilation, the
     number of compilations and the names of those over 2 s, appended as JSON lines to
     ``EVIT_TEST_COMPILE_LOG`` (one line per test and phase; each xdist worker appends its
-    own). Off unless the variable is set."""
+    own; ``end``: the phase's end, seconds since the epoch, and ``worker``: the timeline of the
+    two processes). Off unless the variable is set."""
 
     def __init__(self, path):
         import jax.monitoring
@@ -103,7 +104,10 @@ class _CompileLog:
         yield
         import json
 
-        row = {"test": item.nodeid, "when": call.when, "secs": call.duration, **self.now}
+        row = {
+            "test": item.nodeid, "when": call.when, "secs": call.duration, "end": call.stop,
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), **self.now,
+        }  # fmt: skip
         self.now = {}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -200,12 +204,20 @@ def uncached():
     processes it starts with the environment this yields.
 
     An exported file holds the weights as constants, so its program is as large as they are
-    (L3's: 984 MB), and no other test compiles it again. Writing it to the cache is the
-    expensive part: L3's StableHLO file compiled in 16 s without the cache and in 59 s with
-    it (the executable serialised and compressed, 872 MB written). The lookup stays, so an
-    entry already there is still read.
+    (L3's: 984 MB). Writing it to the cache is the expensive part: L3's StableHLO file
+    compiled in 16 s without the cache and in 59 s with it (the executable serialised and
+    compressed, 872 MB written). For the large models only: a small model's file compiles in a
+    second or two, which the next run reads back from the cache in a fraction of that. The
+    lookup stays, so an entry already there is still read.
     """
     yield from _jax_option("jax_persistent_cache_min_compile_time_secs", 1e9, "1e9")
+
+
+@pytest.fixture(scope="session")
+def uncached_env():
+    """The environment of ``uncached`` for the processes a test starts, this process's own
+    compilations unchanged (they go to the cache as any other)."""
+    return {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
 
 
 @pytest.fixture

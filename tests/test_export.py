@@ -10,6 +10,7 @@ import ctypes
 import gc
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -36,21 +37,35 @@ FAST = {"efficientvit_b0", "efficientvit_m0"}
 # amplify float32 rounding to 1e-4 of their outputs, folded or not).
 SCALE = 0.2
 
-# Runs in a fresh interpreter: JAX and NumPy only, never this package.
+# Runs in a separate interpreter: JAX and NumPy only, never this package. One serves every
+# StableHLO file of this module's tests in a test process (a request per line: the file, the
+# inputs and outputs): a fresh interpreter per file spent about 1.5 s importing JAX each time.
+# Each file's programs and heap are dropped after it (L3's hold gigabytes).
 RELOAD = """
-import sys
+import ctypes, gc, json, sys, traceback
 import jax, numpy as np
 jax.config.update("jax_disable_most_optimizations", True)
-exported = jax.export.deserialize(bytearray(open(sys.argv[1], "rb").read()))
-assert not isinstance(exported.in_avals[0].shape[0], int), exported.in_avals  # symbolic batch
-data = np.load(sys.argv[2])
-worst = 0.0
-for key in ("x1", "x3"):
-    if key in data:
-        out = np.asarray(exported.call(data[key]), np.float32)
-        worst = max(worst, float(np.abs(out - data["y" + key[1:]]).max()))
-assert "efficientvit_jax" not in sys.modules
-print(worst)
+for line in sys.stdin:
+    try:
+        path, io = json.loads(line)
+        exported = jax.export.deserialize(bytearray(open(path, "rb").read()))
+        assert not isinstance(exported.in_avals[0].shape[0], int), exported.in_avals  # symbolic
+        data = np.load(io)
+        worst = 0.0
+        for key in ("x1", "x3"):
+            if key in data:
+                out = np.asarray(exported.call(data[key]), np.float32)
+                worst = max(worst, float(np.abs(out - data["y" + key[1:]]).max()))
+        assert "efficientvit_jax" not in sys.modules
+        reply = {"worst": worst}
+    except Exception:
+        reply = {"error": traceback.format_exc()}
+    exported = data = None
+    jax.clear_caches()
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    print(json.dumps(reply), flush=True)
 """
 
 
@@ -70,17 +85,46 @@ def _onnx_outputs(path, *xs):
     return [sess.run(None, {"images": x})[0] for x in xs]
 
 
-def _reload_elsewhere(path, tmp_path, env, **io):
-    """Max difference of the StableHLO file's outputs for the inputs ``x1``/``x3`` of ``io``
-    from ``y1``/``y3``, run in a process without the package (environment ``env``)."""
-    data = tmp_path / "io.npz"
-    np.savez(data, **io)
-    proc = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(path), str(data)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return float(proc.stdout.split()[-1])
+class _Reloader:
+    """The ``RELOAD`` interpreters of one test process, started when first needed: one with
+    the persistent compilation cache (the small files: their programs come back from the cache
+    in the next run) and one without (``uncached_env``: the large variants' files, whose
+    programs hold their weights as constants)."""
+
+    def __init__(self, uncached_env):
+        self.envs = {True: None, False: uncached_env}
+        self.procs = {}
+
+    def __call__(self, path, tmp_path, *, cached, **io):
+        """Max difference of the StableHLO file's outputs for the inputs ``x1``/``x3`` of
+        ``io`` from ``y1``/``y3``."""
+        data = tmp_path / "io.npz"
+        np.savez(data, **io)
+        proc = self.procs.get(cached)
+        if proc is None or proc.poll() is not None:
+            proc = self.procs[cached] = subprocess.Popen(
+                [sys.executable, "-c", RELOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, env=self.envs[cached],
+            )  # fmt: skip
+        proc.stdin.write(json.dumps([str(path), str(data)]) + "\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 900)
+        assert ready, f"no answer for {path} in 900 s"
+        reply = json.loads(proc.stdout.readline() or '{"error": "the interpreter exited"}')
+        assert "error" not in reply, reply["error"][-3000:]
+        return reply["worst"]
+
+    def close(self):
+        for proc in self.procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reload_elsewhere(uncached_env):
+    reloader = _Reloader(uncached_env)
+    yield reloader
+    reloader.close()
 
 
 def _release_memory():
@@ -94,13 +138,14 @@ def _release_memory():
 
 
 def _check_both_formats(
-    model, variables, shape, tmp_path, env, name="m", *, both_batches=True, release=False
+    model, variables, shape, tmp_path, reload, name="m", *, both_batches=True, large=False
 ):
     """Export ``model`` both ways (folded), run the files, compare with ``model.apply``;
-    returns the export's report and the ONNX graph (its nodes). ``release``: the freed heap
-    goes back to the system before the StableHLO export and its run (the large variants).
+    returns the export's report and the ONNX graph (its nodes). ``large`` (the large
+    variants): the freed heap goes back to the system before the StableHLO export and its
+    run, and the file's programs stay out of the compilation cache.
 
-    The StableHLO file runs in a fresh interpreter without this package, at batch 1 and 3
+    The StableHLO file runs in an interpreter without this package (``reload``), at batch 1 and 3
     (``both_batches``) or at batch 3 alone, its batch checked to be symbolic: each batch size
     is one compile of the file (the zoo variants other than B0 and M0 run at batch 3 alone:
     the ONNX file is still run at both), and for L3 each holds its gigabyte of constants
@@ -121,13 +166,13 @@ def _check_both_formats(
     assert np.abs(o1 - y1).max() <= _tolerance(y1)
     assert np.abs(o3 - y3).max() <= _tolerance(y3)
     del graph.graph.initializer[:]  # the weights are checked; the nodes are what callers read
-    if release:
+    if large:
         _release_memory()
     hlo = export.export_stablehlo(source, tmp_path / f"{name}.stablehlo")
-    if release:
+    if large:
         _release_memory()
     io = dict(x1=x1, y1=y1, x3=x3, y3=y3) if both_batches else dict(x3=x3, y3=y3)
-    assert _reload_elsewhere(hlo["path"], tmp_path, env, **io) <= _tolerance(y3)
+    assert reload(hlo["path"], tmp_path, cached=not large, **io) <= _tolerance(y3)
     return info, graph.graph
 
 
@@ -146,13 +191,15 @@ def _zoo_params():
 
 
 @pytest.mark.parametrize("name", _zoo_params())
-def test_zoo_variant_exports_equal_the_jax_model(name, random_variables, tmp_path, uncached):
+def test_zoo_variant_exports_equal_the_jax_model(
+    name, random_variables, tmp_path, reload_elsewhere
+):
     model = create_model(name)
     shape = (3, 64, 64)
     variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
     info, graph = _check_both_formats(
-        model, variables, shape, tmp_path, uncached, name, both_batches=name in FAST,
-        release=name in LARGE,
+        model, variables, shape, tmp_path, reload_elsewhere, name, both_batches=name in FAST,
+        large=name in LARGE,
     )  # fmt: skip
     assert "BatchNormalization" not in info["ops"] and info["folded_batchnorms"] > 0
     # The portable path: grouped Conv nodes for the depthwise convs, no shifted slices.
@@ -178,7 +225,7 @@ def _attr(node, name, default):
     "layout,data_format", [("cascaded", "NCHW"), ("edifice", "NHWC")]
 )  # fmt: skip
 def test_core_builder_exports_equal_the_jax_model(
-    layout, data_format, random_variables, tmp_path, uncached, monkeypatch
+    layout, data_format, random_variables, tmp_path, reload_elsewhere, monkeypatch
 ):
     """Both formats equal the model; the fold is traced once for the two (``Exportable``
     keeps it)."""
@@ -193,7 +240,7 @@ def test_core_builder_exports_equal_the_jax_model(
     model = EfficientViT(cfg)
     shape = (3, 32, 32) if data_format == "NCHW" else (32, 32, 3)
     variables = random_variables(model, jnp.zeros((1, *shape)), scale=SCALE)
-    info, _ = _check_both_formats(model, variables, shape, tmp_path, uncached, layout)
+    info, _ = _check_both_formats(model, variables, shape, tmp_path, reload_elsewhere, layout)
     assert info["folded_batchnorms"] == 0 and len(traced) == 1
 
 
@@ -353,9 +400,7 @@ def _amplify_attention(variables, block, factor):
 
 
 @pytest.mark.parametrize("kind", ["mit", "core"])
-def test_float16_keeps_attention_sums_and_division_in_float32(
-    kind, random_variables, tmp_path, uncached
-):
+def test_float16_keeps_attention_sums_and_division_in_float32(kind, random_variables, tmp_path):
     if kind == "mit":
         model = create_model("efficientvit_b0", dtype=jnp.float16)
         shape, attention_blocks = (3, 64, 64), 4  # stages 3 and 4 of B0: 2 blocks each
