@@ -5,6 +5,7 @@ it (one threefry program per parameter shape). Tests that need *some*
 parameters, not the initialisers' own, fill the abstract tree from NumPy.
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -144,6 +145,24 @@ def pytest_configure(config):
         config.pluginmanager.register(
             _CompileLog(os.environ["EVIT_TEST_COMPILE_LOG"]), "evit-compile-log"
         )
+
+
+def pytest_collection_finish(session):
+    """Python's full (oldest-generation) garbage collections scan every tracked object of the
+    process, and a test process holds millions once it has imported JAX, Flax, PyTorch, timm
+    and collected the tests; tracing a model allocates enough to trigger one every second or
+    so. What is alive now stays alive (modules, functions, the collected tests), so it leaves
+    the collector's generations (``gc.freeze``), and the full collections come a tenth as often
+    (the young generations are collected as usual, so short-lived cycles still go at once).
+    Measured, tracing and lowering the gradients of B1, M3 and L1 twice each in a process that
+    imported PyTorch and timm: 10.6-11.6 s with the defaults, 7.1-8.2 s with either change.
+    ``EVIT_TEST_GC=default`` leaves the collector as Python sets it."""
+    if os.environ.get("EVIT_TEST_GC") == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    threshold = gc.get_threshold()
+    gc.set_threshold(threshold[0], threshold[1], 10 * threshold[2])
 
 
 _SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow.txt")

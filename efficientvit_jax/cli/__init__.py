@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import shlex
@@ -72,6 +73,8 @@ def one_line(e: BaseException, limit: int = 3) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the console script or ``python -m``: this process is ours to tune
+        _fewer_full_collections()
     try:
         return _main(argv)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during `train`: one line, no traceback
@@ -79,6 +82,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:  # the console script or ``python -m``: this process is ours to end
             _exit_now(130)
         return 130
+
+
+def _fewer_full_collections() -> None:
+    """Python's full garbage collections a tenth as often. Each scans every object of the
+    process (JAX, Flax and orbax hold hundreds of thousands once imported), and tracing a model
+    allocates enough to start one every second or so; the young generations, where short-lived
+    cycles die, are still collected as usual. Measured on a 3-step ``train`` of the tiny
+    builder model: 0.61 s of full collections (6) of its 11.6 s, against 0.06 s (2)."""
+    young, middle, full = gc.get_threshold()
+    gc.set_threshold(young, middle, 10 * full)
 
 
 def _exit_now(code: int) -> None:
