@@ -24,6 +24,14 @@ if os.environ.get("EVIT_TEST_FULL_OPT") != "1":
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     jax.config.update("jax_disable_most_optimizations", True)
 
+# The garbage collector of every process the tests start tuned as this one's (see
+# ``pytest_collection_finish``): ``tests/_site/sitecustomize.py``, first on their path.
+if os.environ.get("EVIT_TEST_GC") != "default":
+    _SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
+    _PATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if _SITE not in _PATH:
+        os.environ["PYTHONPATH"] = os.pathsep.join([_SITE, *_PATH])
+
 # One persistent compilation cache for the run: the pytest-xdist workers and every subprocess
 # a test starts (they inherit the environment) compile many of the same programs (the tiny
 # training runs, the zoo models in a fresh process). Keyed by the program and the flags, so a
