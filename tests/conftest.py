@@ -7,6 +7,7 @@ parameters, not the initialisers' own, fill the abstract tree from NumPy.
 
 import gc
 import os
+import runpy
 import shutil
 import tempfile
 from typing import Any
@@ -26,8 +27,8 @@ if os.environ.get("EVIT_TEST_FULL_OPT") != "1":
 
 # The garbage collector of every process the tests start tuned as this one's (see
 # ``pytest_collection_finish``): ``tests/_site/sitecustomize.py``, first on their path.
+_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
 if os.environ.get("EVIT_TEST_GC") != "default":
-    _SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
     _PATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if _SITE not in _PATH:
         os.environ["PYTHONPATH"] = os.pathsep.join([_SITE, *_PATH])
@@ -176,10 +177,10 @@ def pytest_collection_finish(session):
         return
     gc.collect()
     gc.freeze()
-    young, middle, full = gc.get_threshold()
-    thresholds = (max(young, 10_000), middle, 10 * full)
     if setting:
         thresholds = tuple(int(t) for t in setting.split(","))
+    else:  # the one definition, shared with the processes the tests start
+        thresholds = runpy.run_path(os.path.join(_SITE, "sitecustomize.py"))["THRESHOLDS"]
     gc.set_threshold(*thresholds)
 
 
@@ -235,6 +236,10 @@ def _jax_option(key: str, value: Any, env_value: str):
         jax.config.update(key, before)
 
 
+# A compilation that would take longer than this is never written to the cache: none is.
+_NO_CACHE_WRITES = ("jax_persistent_cache_min_compile_time_secs", 1e9, "1e9")
+
+
 @pytest.fixture
 def uncached():
     """Compilations of exported files kept out of the persistent cache, in this test and in the
@@ -247,14 +252,15 @@ def uncached():
     second or two, which the next run reads back from the cache in a fraction of that. The
     lookup stays, so an entry already there is still read.
     """
-    yield from _jax_option("jax_persistent_cache_min_compile_time_secs", 1e9, "1e9")
+    yield from _jax_option(*_NO_CACHE_WRITES)
 
 
 @pytest.fixture(scope="session")
 def uncached_env():
     """The environment of ``uncached`` for the processes a test starts, this process's own
     compilations unchanged (they go to the cache as any other)."""
-    return {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
+    key, _, env_value = _NO_CACHE_WRITES
+    return {**os.environ, key.upper(): env_value}
 
 
 @pytest.fixture

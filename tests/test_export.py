@@ -92,7 +92,7 @@ class _Reloader:
     programs hold their weights as constants)."""
 
     def __init__(self, uncached_env):
-        self.envs = {True: None, False: uncached_env}
+        self.uncached_env = uncached_env
         self.procs = {}
 
     def __call__(self, path, tmp_path, *, cached, **io):
@@ -104,7 +104,7 @@ class _Reloader:
         if proc is None or proc.poll() is not None:
             proc = self.procs[cached] = subprocess.Popen(
                 [sys.executable, "-c", RELOAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True, env=self.envs[cached],
+                text=True, env=None if cached else self.uncached_env,
             )  # fmt: skip
         proc.stdin.write(json.dumps([str(path), str(data)]) + "\n")
         proc.stdin.flush()
