@@ -3,9 +3,12 @@
 
 Tolerances: the resized uint8 images are identical (both call PIL's bilinear resize); the
 normalised, padded inputs agree to 1e-6 (measured: bit for bit); the postprocessed logits to
-1e-6 of their scale (measured ~2e-7: the three resizes fused into one product per axis round
-differently), so at most 1e-5 of the pixels change sides of 0 (measured: none); transformed
-coordinates are identical (the same float64 arithmetic).
+3e-5 of their scale, so at most 1e-5 of the pixels change sides of 0 (measured: none), and to
+5e-5 of the same resizes computed by MIT's code in float64; transformed coordinates are
+identical (the same float64 arithmetic). The logits' tolerance is float32's: the float32
+resizes, PyTorch's and ours (the three fused into one product per axis), are 1-3e-5 of the
+scale from the float64 ones, and PyTorch's own float32 weights changed between releases
+(measured against ours: 1.5e-7 with torch 2.14.1, 1e-5 with 2.15.0 on two of the crops).
 """
 
 from __future__ import annotations
@@ -96,12 +99,17 @@ def test_postprocess_masks_equals_mit(photos: list[np.ndarray], i: int) -> None:
     logits = np.random.default_rng(i).normal(0, 4, (2, 3, 256, 256)).astype(np.float32)
     want = _reference_sam(512).postprocess_masks(torch.from_numpy(logits), input_size, size)
     want = want.numpy()
+    exact = _reference_sam(512).postprocess_masks(
+        torch.from_numpy(logits).double(), input_size, size
+    )
     got = np.asarray(jax.jit(tr.postprocess_masks, static_argnums=(1, 2))(logits, input_size, size))
     assert got.shape == want.shape == (2, 3, *size)
-    diff = np.abs(got - want).max() / np.abs(want).max()
+    scale = np.abs(want).max()
+    diff = np.abs(got - want).max() / scale
+    diff64 = np.abs(got - exact.numpy()).max() / scale
     flips = int(((got > 0) != (want > 0)).sum())
-    print(f"{size}: max |diff| {diff:.2g} of scale, {flips} of {got.size} pixels flipped")
-    assert diff <= 1e-6 and flips <= 1e-5 * got.size
+    print(f"{size}: max |diff| {diff:.2g} of scale ({diff64:.2g} from float64), {flips} flipped")
+    assert diff <= 3e-5 and diff64 <= 5e-5 and flips <= 1e-5 * got.size
 
 
 def test_bgr_and_bad_images(photos: list[np.ndarray]) -> None:
