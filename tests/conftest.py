@@ -164,13 +164,15 @@ def pytest_collection_finish(session):
     test process holds millions once it has imported JAX, Flax, PyTorch and timm, collected
     the tests and filled JAX's caches: 0.3-0.7 s each, dozens per worker over the suite. What
     is alive now stays alive (modules, functions, the collected tests), so it leaves the
-    collector's generations (``gc.freeze``); full collections come a tenth as often, and young
-    ones a fourteenth (every 10,000 allocations, not 700: tracing allocates millions).
+    collector's generations (``gc.freeze``); full collections come a hundredth as often, and
+    young ones a fourteenth (every 10,000 allocations, not 700: tracing allocates millions).
     Short-lived cycles still go at the next young collection. Measured with ``gc.callbacks``
     on five test files (the zoo parity files, fine-tuning, the run round trip; two workers):
     8.3 and 10.0 s of collections with Python's defaults, 3.9 and 6.4 s with these; tracing
     and lowering the gradients of B1, M3 and L1 twice each in a process that imported PyTorch
-    and timm: 10.6-11.6 s with the defaults, 7.1-8.2 s with these.
+    and timm: 10.6-11.6 s with the defaults, 7.1-8.2 s with these. A full-collection threshold
+    of 1,000 rather than 100: ``tests/test_run_roundtrip.py`` with ``tests/zoo/test_msra.py``
+    (one process, alternated twice) in 136 and 131 s against 149 and 141 s.
     ``EVIT_TEST_GC=default`` leaves the collector as Python sets it; ``EVIT_TEST_GC=A,B,C``
     sets the three thresholds."""
     setting = os.environ.get("EVIT_TEST_GC", "")
