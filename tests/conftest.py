@@ -29,7 +29,9 @@ if os.environ.get("EVIT_TEST_FULL_OPT") != "1":
 # The garbage collector of every process the tests start tuned as this one's (see
 # ``pytest_collection_finish``): ``tests/_site/sitecustomize.py``, first on their path.
 _SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_site")
-if os.environ.get("EVIT_TEST_GC") != "default":
+# "default", "A,B,C" (three thresholds) or empty (the tuned ones): read once, here.
+_GC_SETTING = os.environ.get("EVIT_TEST_GC", "")
+if _GC_SETTING != "default":
     _PATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if _SITE not in _PATH:
         os.environ["PYTHONPATH"] = os.pathsep.join([_SITE, *_PATH])
@@ -175,13 +177,12 @@ def pytest_collection_finish(session):
     (one process, alternated twice) in 136 and 131 s against 149 and 141 s.
     ``EVIT_TEST_GC=default`` leaves the collector as Python sets it; ``EVIT_TEST_GC=A,B,C``
     sets the three thresholds."""
-    setting = os.environ.get("EVIT_TEST_GC", "")
-    if setting == "default":
+    if _GC_SETTING == "default":
         return
     gc.collect()
     gc.freeze()
-    if setting:
-        thresholds = tuple(int(t) for t in setting.split(","))
+    if _GC_SETTING:
+        thresholds = tuple(int(t) for t in _GC_SETTING.split(","))
     else:  # the one definition, shared with the processes the tests start
         thresholds = runpy.run_path(os.path.join(_SITE, "sitecustomize.py"))["THRESHOLDS"]
     gc.set_threshold(*thresholds)
@@ -196,7 +197,7 @@ def pytest_sessionfinish(session):
     garbage made by the tests was collected as they ran), and the exit handler is dropped:
     the process's memory goes back to the system as it exits, and the compilation cache was
     written as each program compiled."""
-    if os.environ.get("EVIT_TEST_GC") != "default":
+    if _GC_SETTING != "default":
         gc.freeze()
     import jax._src.api
 

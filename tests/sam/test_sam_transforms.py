@@ -97,16 +97,14 @@ def test_postprocess_masks_equals_mit(photos: list[np.ndarray], i: int) -> None:
     size = _crop(photos, i).shape[:2]
     input_size = tr.preprocess_shape(*size, 1024)
     logits = np.random.default_rng(i).normal(0, 4, (2, 3, 256, 256)).astype(np.float32)
-    want = _reference_sam(512).postprocess_masks(torch.from_numpy(logits), input_size, size)
-    want = want.numpy()
-    exact = _reference_sam(512).postprocess_masks(
-        torch.from_numpy(logits).double(), input_size, size
-    )
+    ref = _reference_sam(512)
+    want = ref.postprocess_masks(torch.from_numpy(logits), input_size, size).numpy()
+    exact = ref.postprocess_masks(torch.from_numpy(logits).double(), input_size, size).numpy()
     got = np.asarray(jax.jit(tr.postprocess_masks, static_argnums=(1, 2))(logits, input_size, size))
     assert got.shape == want.shape == (2, 3, *size)
     scale = np.abs(want).max()
     diff = np.abs(got - want).max() / scale
-    diff64 = np.abs(got - exact.numpy()).max() / scale
+    diff64 = np.abs(got - exact).max() / scale
     flips = int(((got > 0) != (want > 0)).sum())
     print(f"{size}: max |diff| {diff:.2g} of scale ({diff64:.2g} from float64), {flips} flipped")
     assert diff <= 3e-5 and diff64 <= 5e-5 and flips <= 1e-5 * got.size
