@@ -95,13 +95,30 @@ class _CompileLog:
     number of compilations and the names of those over 2 s, appended as JSON lines to
     ``EVIT_TEST_COMPILE_LOG`` (one line per test and phase; each xdist worker appends its
     own; ``end``: the phase's end, seconds since the epoch, and ``worker``: the timeline of the
-    two processes). Off unless the variable is set."""
+    two processes; ``user``, ``sys``, ``child_user``, ``child_sys``: CPU seconds since the
+    previous row). Off unless the variable is set."""
 
     def __init__(self, path):
         import jax.monitoring
 
-        self.path, self.now = path, {}
+        self.path, self.now, self.cpu = path, {}, self._rusage()
         jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _cpu_since_last(self):
+        """CPU seconds since the previous row: user and system time of this process and of
+        the processes it waited for (the CLI runs, the reload interpreters)."""
+        last, self.cpu = self.cpu, self._rusage()
+        keys = ("user", "sys", "child_user", "child_sys")
+        return {k: round(b - a, 3) for k, a, b in zip(keys, last, self.cpu, strict=True)}
+
+    @staticmethod
+    def _rusage():
+        import resource
+
+        own, children = (
+            resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        return [own.ru_utime, own.ru_stime, children.ru_utime, children.ru_stime]
 
     def _record(self, event, secs, fun_name=None, **_):
         key = _COMPILE_EVENTS.get(event)
@@ -120,6 +137,7 @@ class _CompileLog:
         row = {
             "test": item.nodeid, "when": call.when, "secs": call.duration, "end": call.stop,
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), **self.now,
+            **self._cpu_since_last(),
         }  # fmt: skip
         self.now = {}
         with open(self.path, "a") as f:
