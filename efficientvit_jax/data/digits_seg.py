@@ -8,7 +8,7 @@ least half its full value, background (class 0) where it is below ``EDGE`` (a fi
 ``background``, ``0`` .. ``9`` (digit d is class d + 1).
 
 Training canvases paste only digits of the digits job's training split and validation canvases
-only its held-out ones (``training.digits``: stratified, ``random_state=0``, 360 images), so
+only its held-out ones (``data.digits``: stratified, ``random_state=0``, 360 images), so
 the held-out mIoU is on handwriting the model never saw.
 
 Written in the generic layout (``train/`` and ``val/``, each ``images/`` + ``masks/`` with the
@@ -29,11 +29,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from efficientvit_jax.data.digits import digit_splits
+
 CLASSES = ("background", *(str(d) for d in range(10)))
 IGNORE = 255
 INK = 0.5  # ink at or above this (a fraction of full) is the digit
 EDGE = 0.2  # below this it is background; in between ignored
-TEST_SIZE, SPLIT_SEED = 360, 0  # the digits job's held-out split (training.digits)
 MIN_CONTRAST = 80.0  # least difference of mean grey level between digit and background
 
 
@@ -68,19 +69,6 @@ class Pasted:
     top: int
     left: int
     size: int
-
-
-def digit_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``((train ink, train digits), (val ink, val digits))``: ink ``[N, 8, 8]`` in [0, 1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x, y = d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
-    x_tr, x_va, y_tr, y_va = train_test_split(
-        x, y, test_size=TEST_SIZE, stratify=y, random_state=SPLIT_SEED
-    )
-    return (x_tr, y_tr), (x_va, y_va)
 
 
 def upscale(ink: np.ndarray, size: int) -> np.ndarray:

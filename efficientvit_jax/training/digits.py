@@ -3,8 +3,8 @@
 1,797 grey 8x8 images of the digits 0-9 ship inside scikit-learn. They are upsampled
 (bilinear) to ``image_size`` so that the patch grid is large enough for three stages, then
 standardised with the training split's mean and std. The held-out split is
-fixed (stratified, ``random_state=0``, 360 test images) and does not depend on the training
-seed, so accuracies of different runs are comparable.
+fixed (stratified, ``random_state=0``, 360 test images; ``data.digits`` keeps it) and does not
+depend on the training seed, so accuracies of different runs are comparable.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_CLASSES = 10
-TEST_SIZE = 360
-SPLIT_SEED = 0
+from efficientvit_jax.data.digits import NUM_CLASSES, SPLIT_SEED, TEST_SIZE, digit_splits
+
+__all__ = ["NUM_CLASSES", "SPLIT_SEED", "TEST_SIZE", "Split", "load_digits_split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,19 +41,12 @@ def load_digits_split(image_size: int = 32, data_format: str = "NCHW") -> Split:
       image_size: side of the returned images (bilinear upsampling from 8x8).
       data_format: ``"NCHW"`` (``[N, 1, S, S]``) or ``"NHWC"`` (``[N, S, S, 1]``).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     if data_format not in ("NCHW", "NHWC"):
         raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    digits = load_digits()
-    x = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
-    y = digits.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=TEST_SIZE, stratify=y, random_state=SPLIT_SEED
-    )
+    (x_tr, y_tr), (x_te, y_te) = digit_splits()
+    y_tr, y_te = y_tr.astype(np.int32), y_te.astype(np.int32)
 
     def up(a: np.ndarray) -> np.ndarray:
         a = jax.image.resize(jnp.asarray(a), (len(a), image_size, image_size), "bilinear")
