@@ -80,6 +80,7 @@ def _tolerance(ref):
 def _onnx_outputs(path, *xs):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["images"]
     return [sess.run(None, {"images": x})[0] for x in xs]

@@ -417,6 +417,7 @@ def _onnx_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, dict[str, str
     ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     return sess.run(None, {"images": images})[0], meta

@@ -81,6 +81,7 @@ def _scaled(got: np.ndarray, want: np.ndarray) -> float:
 def _session(path: str) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

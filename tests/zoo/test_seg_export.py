@@ -43,6 +43,7 @@ OTHER = (3, 96, 64)  # another size for the StableHLO file (symbolic height and 
 def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return [sess.run(None, {"images": x})[0] for x in xs]
 
