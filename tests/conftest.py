@@ -16,8 +16,8 @@ from typing import Any
 # Threads that wait for work sleep instead of spinning: two test processes share two cores, so
 # a thread that spins takes the core the other process's work needs. torch's OpenMP threads
 # (OMP_WAIT_POLICY, read when torch loads) and NumPy's OpenBLAS (one thread: its waiting threads
-# spin for a while after every call) here; onnxruntime's per session, where the tests make them
-# (``session.intra_op.allow_spinning``). Set before the test processes start, so they and the
+# spin for a while after every call) here; onnxruntime's per session (``tests/_ort.py``, where
+# every test's session is made). Set before the test processes start, so they and the
 # processes they start inherit it. Measured in two test processes, each pair back to back:
 # the torch parity files (103 tests) 85.2 and 85.7 s against 88.6 and 89.6 s with OpenMP's
 # default; SAM, attention, ops, data and others (385 tests) 96.3 and 103.7 s against 112.2 and

@@ -30,6 +30,8 @@ from efficientvit_jax.export.source import Exportable  # noqa: E402
 from efficientvit_jax.model import EfficientViT  # noqa: E402
 from efficientvit_jax.zoo import create_model  # noqa: E402
 
+from ._ort import cpu_session  # noqa: E402
+
 MIT = ["b0", "b1", "b2", "b3", "l1", "l2", "l3"]
 MSRA = ["m0", "m1", "m2", "m3", "m4", "m5"]
 FAST = {"efficientvit_b0", "efficientvit_m0"}
@@ -79,10 +81,7 @@ def _tolerance(ref):
 
 
 def _onnx_outputs(path, *xs):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sess = cpu_session(path)
     assert [i.name for i in sess.get_inputs()] == ["images"]
     return [sess.run(None, {"images": x})[0] for x in xs]
 

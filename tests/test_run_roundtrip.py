@@ -414,11 +414,10 @@ def test_eval_refuses_a_class_the_run_does_not_know(
 
 def _onnx_run(path: Path, images: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
     onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is needed")
-    ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
+    from ._ort import cpu_session
+
+    sess = cpu_session(path)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     return sess.run(None, {"images": images})[0], meta
 

@@ -37,6 +37,8 @@ from efficientvit_jax.sam import transforms  # noqa: E402
 from efficientvit_jax.sam.predictor import MASK_THRESHOLD, _embed, prompt_tokens  # noqa: E402
 from efficientvit_jax.zoo.sam import ABSENT_LABEL  # noqa: E402
 
+from .._ort import cpu_session  # noqa: E402
+
 pytestmark = pytest.mark.xdist_group("sam")
 
 NAME = "efficientvit_sam_l0"
@@ -78,13 +80,6 @@ def _scaled(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(want).max())
 
 
-def _session(path: str) -> Any:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 @pytest.fixture(scope="module")
 def exported(l0: tuple[Any, Any], tmp_path_factory: Any) -> dict[str, Any]:
     """Both formats of L0 in one folder: ``{"dir", "info"}``."""
@@ -107,7 +102,7 @@ def embeddings(l0: tuple[Any, Any], images: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def onnx_embeddings(exported: dict[str, Any], images: np.ndarray) -> np.ndarray:
-    sess = _session(os.path.join(exported["dir"], "encoder.onnx"))
+    sess = cpu_session(os.path.join(exported["dir"], "encoder.onnx"))
     return sess.run(None, {"images": images})[0]
 
 
@@ -183,7 +178,7 @@ def test_encoder_onnx_equals_jax(onnx_embeddings: np.ndarray, embeddings: np.nda
 
 
 def test_decoder_onnx_equals_jax(exported: dict[str, Any], decoded: list) -> None:
-    sess = _session(os.path.join(exported["dir"], "decoder.onnx"))
+    sess = cpu_session(os.path.join(exported["dir"], "decoder.onnx"))
     assert [i.name for i in sess.get_inputs()] == list(DECODER_INPUTS)
     for inputs, want in decoded:
         got = sess.run(None, inputs)
@@ -236,7 +231,7 @@ def test_onnx_files_chained_give_the_predictors_masks(
     size = predictor.original_size
     boxes = None if box is None else box[None]
     coords, token_labels = prompt_tokens(points[None], labels[None], boxes, 1, size)
-    sess = _session(os.path.join(exported["dir"], "decoder.onnx"))
+    sess = cpu_session(os.path.join(exported["dir"], "decoder.onnx"))
     low_res, scores = sess.run(None, {
         "image_embeddings": onnx_embeddings[:1], "point_coords": coords,
         "point_labels": token_labels.astype(np.float32),

@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
+pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is needed")
 pytest.importorskip("jax2onnx", reason="the export extra (jax2onnx) is needed")
 
-from efficientvit_jax import export  # noqa: E402
-from efficientvit_jax.export.source import Exportable  # noqa: E402
-from efficientvit_jax.zoo import create_model  # noqa: E402
-from efficientvit_jax.zoo.seg import SEG_HEADS, seg_name  # noqa: E402
+from efficientvit_jax import export
+from efficientvit_jax.export.source import Exportable
+from efficientvit_jax.zoo import create_model
+from efficientvit_jax.zoo.seg import SEG_HEADS, seg_name
+
+from .._ort import cpu_session
 
 NAMES = [seg_name(b, d) for b, d in SEG_HEADS]
 ALWAYS = {"efficientvit_seg_b0_cityscapes", "efficientvit_seg_l1_cityscapes"}
@@ -41,10 +43,7 @@ OTHER = (3, 96, 64)  # another size for the StableHLO file (symbolic height and 
 
 
 def _onnx_outputs(path: str, *xs: np.ndarray) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # conftest.py
-    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    sess = cpu_session(path)
     return [sess.run(None, {"images": x})[0] for x in xs]
 
 
