@@ -41,26 +41,26 @@ def digits_csv_path() -> str:
     return path
 
 
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays, made read-only: a cached result is shared by every caller."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 @functools.cache
-def _read() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(digits_csv_path(), "rt") as f:
-        rows = np.loadtxt(f, delimiter=",")
-    images = rows[:, :-1].reshape(-1, 8, 8)
-    images.flags.writeable = False  # shared by every caller of the cache
-    labels = rows[:, -1].astype(np.int64)
-    labels.flags.writeable = False
-    return images, labels
-
-
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits in the file's order: images ``[N, 8, 8]`` float64 with values 0..16
     (as ``sklearn.datasets.load_digits().images``) and labels ``[N]`` int64, read-only."""
-    return _read()
+    with gzip.open(digits_csv_path(), "rt") as f:
+        rows = np.loadtxt(f, delimiter=",")
+    return _read_only(rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64))
 
 
 @functools.cache
 def split_indices() -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the training (1,437) and held-out (360) digits, in the stored order."""
+    """Row indices of the training (1,437) and held-out (360) digits, in the stored order,
+    read-only."""
     parts: list[list[int]] = []
     with open(_SPLIT_FILE) as f:
         for line in f:
@@ -68,8 +68,7 @@ def split_indices() -> tuple[np.ndarray, np.ndarray]:
                 parts.append([])
             elif not line.startswith("#"):
                 parts[-1].extend(int(v) for v in line.split())
-    train, test = (np.asarray(p, np.int64) for p in parts)
-    return train, test
+    return _read_only(*(np.asarray(p, np.int64) for p in parts))
 
 
 def digit_splits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
